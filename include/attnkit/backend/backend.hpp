@@ -1,0 +1,74 @@
+// Backend policies: how a kernel's loops run. They know nothing of attention.
+//   Scalar             plain loops on float, one thread: the portable floor and a debugging aid.
+//   Simd<Arch>         xsimd batches of Arch (default: the best the compiler targets), one thread.
+//   OpenMP<Inner>      independent work items over OpenMP threads, each running Inner's loops;
+//                      thread count from the OpenMP runtime unless `threads` is set.
+// Each policy gives name(), threads(), parallel_for(items, f) calling f(item, thread_slot), and
+// its vector type through vector_t<Backend>.
+#pragma once
+
+#include <string>
+#include <xsimd/xsimd.hpp>
+
+#include "attnkit/core/view.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace attnkit {
+
+struct Scalar {
+  using vector_type = float;
+  static std::string name() { return "scalar"; }
+  int threads() const { return 1; }
+  template <class F>
+  void parallel_for(Index items, F&& f) const {
+    for (Index item = 0; item < items; ++item) f(item, 0);
+  }
+};
+
+template <class Arch = xsimd::default_arch>
+struct Simd {
+  using vector_type = xsimd::batch<float, Arch>;
+  static std::string name() { return std::string("simd-") + Arch::name(); }
+  int threads() const { return 1; }
+  template <class F>
+  void parallel_for(Index items, F&& f) const {
+    for (Index item = 0; item < items; ++item) f(item, 0);
+  }
+};
+
+template <class Inner = Simd<>>
+struct OpenMP {
+  using vector_type = typename Inner::vector_type;
+  int num_threads = 0;  // 0: the OpenMP runtime's default (OMP_NUM_THREADS)
+
+  static std::string name() { return "openmp-" + Inner::name(); }
+  int threads() const {
+#if defined(_OPENMP)
+    return num_threads > 0 ? num_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+  // Items are scheduled dynamically one at a time; f must not throw.
+  template <class F>
+  void parallel_for(Index items, F&& f) const {
+#if defined(_OPENMP)
+    const int team = static_cast<int>(std::min<Index>(threads(), std::max<Index>(items, 1)));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team)
+    for (Index item = 0; item < items; ++item) f(item, omp_get_thread_num());
+#else
+    for (Index item = 0; item < items; ++item) f(item, 0);
+#endif
+  }
+};
+
+template <class Backend>
+using vector_t = typename Backend::vector_type;
+
+// The fastest backend the compiler allows.
+using DefaultBackend = OpenMP<>;
+
+}  // namespace attnkit

@@ -1,0 +1,49 @@
+// Vector primitives over the backends' vector types, so one kernel template serves Scalar (V =
+// float, plain loops) and Simd (V = xsimd::batch<float, Arch>). VecOps<V> gives width, register
+// count, load / store / broadcast / fma / max, horizontal sum and max. exp lives in exp.hpp.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <xsimd/xsimd.hpp>
+
+namespace attnkit {
+
+template <class V>
+struct VecOps;
+
+template <>
+struct VecOps<float> {
+  static constexpr int width = 1;
+  static constexpr int registers = 16;  // general-purpose scalar FP registers a tile may use
+  static float load(const float* p) { return *p; }
+  static void store(float* p, float x) { *p = x; }
+  static float broadcast(float x) { return x; }
+  static float zero() { return 0.0f; }
+  static float fma(float a, float b, float c) { return a * b + c; }
+  static float max(float a, float b) { return std::max(a, b); }
+  static float sum(float x) { return x; }
+  static float reduce_max(float x) { return x; }
+};
+
+template <class Arch>
+struct VecOps<xsimd::batch<float, Arch>> {
+  using V = xsimd::batch<float, Arch>;
+  static constexpr int width = static_cast<int>(V::size);
+  // AVX-512 has 32 vector registers; the SSE / AVX families have 16.
+  static constexpr int registers = width >= 16 ? 32 : 16;
+  static V load(const float* p) { return V::load_unaligned(p); }
+  static void store(float* p, const V& x) { x.store_unaligned(p); }
+  static V broadcast(float x) { return V(x); }
+  static V zero() { return V(0.0f); }
+  static V fma(const V& a, const V& b, const V& c) { return xsimd::fma(a, b, c); }
+  static V max(const V& a, const V& b) { return xsimd::max(a, b); }
+  static float sum(const V& x) { return xsimd::hadd(x); }
+  static float reduce_max(const V& x) {
+    alignas(64) float lanes[width];
+    x.store_aligned(lanes);
+    return *std::max_element(lanes, lanes + width);
+  }
+};
+
+}  // namespace attnkit

@@ -1,0 +1,393 @@
+// Dense exact attention: Attention<Dense, Backend>.
+//   out = softmax(scale · Q Kᵀ + mask) V, fused flash-style: key blocks are packed once per work
+//   item and streamed through register-tiled micro-kernels with an online softmax, so extra
+//   memory is O(tile) (workspace_bytes()), never O(q_len · kv_len).
+// Head mapping: see HeadMap (MHA, GQA, MQA, SQA; reverse SQA when q_heads < kv_heads). The rows
+// of one work item are (position, head) pairs of all out heads sharing a kv head, so a GQA group
+// reads each key block once.
+// Masks: none or causal (bottom-right aligned). Batches: padded (optional real lengths per entry,
+// rows past a length written as zeros) or packed (cu_seqlens). Decode-like shapes (few query rows
+// per kv head, long kv) split the keys into fixed-size ranges merged by log-sum-exp. Every tiling
+// decision depends on the shape only, so all backends and thread counts give the same bits.
+// Not here: the tile pieces themselves (tile/), the reference (reference/dense.hpp).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
+
+#include "attnkit/attention.hpp"
+#include "attnkit/backend/backend.hpp"
+#include "attnkit/core/cost.hpp"
+#include "attnkit/core/error.hpp"
+#include "attnkit/core/shape.hpp"
+#include "attnkit/core/view.hpp"
+#include "attnkit/core/workspace.hpp"
+#include "attnkit/tile/mask.hpp"
+#include "attnkit/tile/microkernel.hpp"
+#include "attnkit/tile/online_softmax.hpp"
+#include "attnkit/tile/pack.hpp"
+#include "attnkit/tile/tile_shape.hpp"
+
+namespace attnkit {
+
+struct Dense {
+  struct Options {
+    bool causal = false;           // bottom-right aligned when q_len != kv_len
+    std::optional<float> scale{};  // default 1 / sqrt(head_dim); must be finite and > 0
+  };
+  // Optional extras of one call.
+  struct Args {
+    SeqLengths lengths{};   // padded inputs only: real q / kv length per batch entry
+    View<float, 3> lse{};   // (batch, q_len, out_heads) log-sum-exp per row, -inf for a row that
+                            // sees no key; packed inputs: (1, q_tokens, out_heads)
+    Workspace workspace{};  // >= workspace_bytes(...) bytes, 64-byte aligned; none: allocated
+  };
+};
+
+namespace detail {
+
+// Tiling and work split of one dense call; a function of the shape only.
+struct DensePlan {
+  Index group = 1;       // out heads per kv head (rows of one position in a work item)
+  Index kv_groups = 0;   // kv heads (out_heads / group)
+  Index kv_block = 0;    // keys per packed block
+  Index q_chunk = 0;     // query positions per work item
+  Index rows = 0;        // rows per work item, padded to the register tile
+  Index chunks = 0;      // work items along the query axis of the longest sequence
+  Index split_keys = 0;  // keys per split
+  Index splits = 1;      // key splits per sequence (> 1: partial results merged)
+  Index items = 0;       // sequences * kv_groups * chunks * splits
+  std::size_t scratch_bytes = 0;  // per thread
+  std::size_t partial_bytes = 0;  // all split partials
+};
+
+// Key splits kick in when a sequence has at most this many rows per kv head (decode) ...
+inline constexpr Index kSplitMaxRows = 64;
+// ... and are this long (a multiple of every kv block).
+inline constexpr Index kSplitKeys = 2048;
+
+template <class V>
+DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seqs) {
+  using Tile = RegisterTile<V>;
+  DensePlan plan;
+  plan.group = shape.heads.group();
+  plan.kv_groups = shape.heads.out_heads() / plan.group;
+  plan.kv_block = kv_block_keys(shape.head_dim, shape.v_dim, Tile::cols);
+  plan.q_chunk = std::max<Index>(1, rows_per_item(shape.v_dim) / plan.group);
+  plan.q_chunk = std::min(plan.q_chunk, std::max<Index>(seqs.max_q_len(), 1));
+  plan.rows = (plan.q_chunk * plan.group + Tile::mr - 1) / Tile::mr * Tile::mr;
+  plan.chunks = (seqs.max_q_len() + plan.q_chunk - 1) / plan.q_chunk;
+  const Index max_kv = seqs.max_kv_len();
+  const bool decode = seqs.max_q_len() * plan.group <= kSplitMaxRows && max_kv >= 2 * kSplitKeys;
+  plan.split_keys = decode ? kSplitKeys : std::max<Index>(max_kv, 1);
+  plan.splits = decode ? (max_kv + kSplitKeys - 1) / kSplitKeys : 1;
+  plan.items = seqs.count() * plan.kv_groups * plan.chunks * plan.splits;
+  plan.scratch_bytes = array_bytes<float>(tile::packed_key_floats(plan.kv_block, shape.head_dim, Tile::cols)) +
+                       array_bytes<float>(Tile::mr * plan.kv_block) +  // scores
+                       array_bytes<float>(shape.head_dim) +            // zero query row
+                       array_bytes<float>(plan.rows * shape.v_dim) +   // accumulators
+                       array_bytes<tile::SoftmaxRow>(plan.rows);
+  if (plan.splits > 1)
+    plan.partial_bytes = array_bytes<float>(plan.items * plan.rows * shape.v_dim) +
+                         array_bytes<tile::SoftmaxRow>(plan.items * plan.rows);
+  return plan;
+}
+
+// The fused kernel for one call: work items are (sequence, kv head, query chunk, key split).
+template <class V, class Mask>
+class DenseKernel {
+  using Tile = RegisterTile<V>;
+
+ public:
+  DenseKernel(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
+              const View<float, 4>& out, const View<float, 3>& lse, const AttentionShape& shape,
+              const SequenceLayout& seqs, const DensePlan& plan, float scale, void* workspace, int slots)
+      : q_(q), k_(k), v_(v), out_(out), lse_(lse), shape_(shape), seqs_(seqs), plan_(plan), scale_(scale) {
+    Arena arena(workspace, plan.scratch_bytes * slots + plan.partial_bytes);
+    scratch_ = arena.take<std::byte>(plan.scratch_bytes * slots);
+    if (plan.splits > 1) {
+      partial_acc_ = arena.take<float>(plan.items * plan.rows * shape.v_dim);
+      partial_rows_ = arena.take<tile::SoftmaxRow>(plan.items * plan.rows);
+    }
+  }
+
+  // Item order puts the last query chunks (the longest under a causal mask) first.
+  void run_item(Index item, int slot) const {
+    const Index split = item % plan_.splits;
+    Index rest = item / plan_.splits;
+    const Index chunk = plan_.chunks - 1 - rest % plan_.chunks;
+    rest /= plan_.chunks;
+    const Index kv_group = rest % plan_.kv_groups;
+    const Sequence seq = seqs_[rest / plan_.kv_groups];
+
+    const Index first_pos = chunk * plan_.q_chunk;
+    const Index end_pos = std::min(first_pos + plan_.q_chunk, seq.q_len);
+    if (first_pos >= end_pos) return;
+    const Index rows = (end_pos - first_pos) * plan_.group;
+
+    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    float* packed_k = arena.take<float>(tile::packed_key_floats(plan_.kv_block, shape_.head_dim, Tile::cols));
+    float* scores = arena.take<float>(Tile::mr * plan_.kv_block);  // (mr, kv_block)
+    float* zero_row = arena.take<float>(shape_.head_dim);
+    float* acc = arena.take<float>(plan_.rows * shape_.v_dim);  // (rows, v_dim)
+    tile::SoftmaxRow* states = arena.take<tile::SoftmaxRow>(plan_.rows);
+    if (plan_.splits > 1) {
+      acc = partial_acc_ + item * plan_.rows * shape_.v_dim;
+      states = partial_rows_ + item * plan_.rows;
+    }
+    std::fill(zero_row, zero_row + shape_.head_dim, 0.0f);
+    std::fill(acc, acc + plan_.rows * shape_.v_dim, 0.0f);
+    std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
+
+    // Keys this item may visit: its split, narrowed by what its first and last rows see.
+    const tile::KeyRange first = Mask::visible(first_pos, seq.q_len, seq.kv_len);
+    const tile::KeyRange last = Mask::visible(end_pos - 1, seq.q_len, seq.kv_len);
+    const Index split_begin = split * plan_.split_keys;
+    const Index key_begin = std::max(split_begin, std::min(first.begin, last.begin));
+    const Index key_end = std::min({seq.kv_len, split_begin + plan_.split_keys, std::max(first.end, last.end)});
+
+    const Index kv_head = shape_.heads.kv_head(kv_group * plan_.group);
+    const float* k_rows = k_.at(seq.batch, seq.kv_begin, kv_head, 0);
+    const float* v_rows = v_.at(seq.batch, seq.kv_begin, kv_head, 0);
+    const Index lds = plan_.kv_block;
+    for (Index block = key_begin; block < key_end; block += plan_.kv_block) {
+      const Index keys = std::min(plan_.kv_block, key_end - block);
+      const Index padded_keys = (keys + Tile::cols - 1) / Tile::cols * Tile::cols;
+      tile::pack_key_panels<Tile::cols>(k_rows + block * k_.stride(1), k_.stride(1), keys, shape_.head_dim, packed_k);
+      for (Index t = 0; t < rows; t += Tile::mr) {
+        const Index tile_rows = std::min<Index>(Tile::mr, rows - t);
+        const float* q_tile[Tile::mr];
+        tile::KeyRange ranges[Tile::mr];
+        bool any_visible = false;
+        bool needs_mask = false;
+        for (int r = 0; r < Tile::mr; ++r) {
+          if (r >= tile_rows) {
+            q_tile[r] = zero_row;  // scores 0, used as probabilities 0
+            continue;
+          }
+          const Index pos = first_pos + (t + r) / plan_.group;
+          const Index out_head = kv_group * plan_.group + (t + r) % plan_.group;
+          q_tile[r] = q_.at(seq.batch, seq.q_begin + pos, shape_.heads.q_head(out_head), 0);
+          const tile::KeyRange seen = Mask::visible(pos, seq.q_len, seq.kv_len);
+          ranges[r] = {std::max(seen.begin, block), std::min(seen.end, block + keys)};
+          any_visible |= ranges[r].begin < ranges[r].end;
+          needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
+        }
+        if (!any_visible) continue;
+        tile::score_block<V>(q_tile, packed_k, shape_.head_dim, padded_keys, scores, lds);
+        for (Index r = 0; r < tile_rows; ++r) {
+          float* s = scores + r * lds;
+          if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
+          const float rescale = tile::softmax_block_row<V>(s, padded_keys, scale_, states[t + r]);
+          if (rescale != 1.0f) tile::scale_row<V>(acc + (t + r) * shape_.v_dim, shape_.v_dim, rescale);
+        }
+        tile::accumulate_pv<V>(scores, lds, v_rows + block * v_.stride(1), v_.stride(1), keys, shape_.v_dim,
+                               acc + t * shape_.v_dim, shape_.v_dim);
+      }
+    }
+    if (plan_.splits > 1) return;
+    for (Index r = 0; r < rows; ++r) {
+      const Index pos = first_pos + r / plan_.group;
+      const Index out_head = kv_group * plan_.group + r % plan_.group;
+      float* out_row = out_.at(seq.batch, seq.q_begin + pos, out_head, 0);
+      const float lse = tile::finalize_row<V>(acc + r * shape_.v_dim, shape_.v_dim, states[r], out_row);
+      if (lse_.data() != nullptr) lse_(seq.batch, seq.q_begin + pos, out_head) = lse;
+    }
+  }
+
+  // Items of the merge pass: (sequence, kv head, query chunk); only when splits > 1.
+  Index merge_items() const { return plan_.items / plan_.splits; }
+
+  void merge_item(Index item) const {
+    const Index chunk = item % plan_.chunks;
+    const Index kv_group = item / plan_.chunks % plan_.kv_groups;
+    const Sequence seq = seqs_[item / plan_.chunks / plan_.kv_groups];
+    const Index first_pos = chunk * plan_.q_chunk;
+    const Index end_pos = std::min(first_pos + plan_.q_chunk, seq.q_len);
+    // Split items of this chunk are consecutive; run_item numbers chunks from the end.
+    const Index first_split_item =
+        ((item / plan_.chunks) * plan_.chunks + (plan_.chunks - 1 - chunk)) * plan_.splits;
+    const Index acc_stride = plan_.rows * shape_.v_dim;
+    for (Index r = 0; r < (end_pos - first_pos) * plan_.group; ++r) {
+      const Index pos = first_pos + r / plan_.group;
+      const Index out_head = kv_group * plan_.group + r % plan_.group;
+      float* out_row = out_.at(seq.batch, seq.q_begin + pos, out_head, 0);
+      const float lse = tile::merge_partial_rows<V>(
+          partial_acc_ + first_split_item * acc_stride + r * shape_.v_dim, acc_stride,
+          partial_rows_ + first_split_item * plan_.rows + r, plan_.rows, plan_.splits, shape_.v_dim, out_row);
+      if (lse_.data() != nullptr) lse_(seq.batch, seq.q_begin + pos, out_head) = lse;
+    }
+  }
+
+ private:
+  View<const float, 4> q_, k_, v_;
+  View<float, 4> out_;
+  View<float, 3> lse_;
+  AttentionShape shape_;
+  SequenceLayout seqs_;
+  DensePlan plan_;
+  float scale_;
+  std::byte* scratch_ = nullptr;
+  float* partial_acc_ = nullptr;
+  tile::SoftmaxRow* partial_rows_ = nullptr;
+};
+
+// Views of packed (token, head, dim) tensors as batch-1 (batch, seq, head, dim) views.
+template <class T>
+View<T, 4> as_batch_of_one(const View<T, 3>& x) {
+  return View<T, 4>(x.data(), {1, x.extent(0), x.extent(1), x.extent(2)},
+                    {x.extent(0) * x.stride(0), x.stride(0), x.stride(1), x.stride(2)});
+}
+
+}  // namespace detail
+
+template <class Backend>
+class Attention<Dense, Backend> {
+  using V = vector_t<Backend>;
+
+ public:
+  using Options = Dense::Options;
+  using Args = Dense::Args;
+
+  explicit Attention(Options options = {}, Backend backend = {}) : options_(options), backend_(backend) {
+    if (options_.scale)
+      ATTNKIT_CHECK(std::isfinite(*options_.scale) && *options_.scale > 0.0f, "options.scale is ",
+                    *options_.scale, ", expected a finite value > 0");
+  }
+
+  std::string name() const { return "dense/" + Backend::name(); }
+  const Options& options() const { return options_; }
+
+  // Padded inputs: q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) -> out (B, Lq, Ho, Dv).
+  Cost cost(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
+            const Args& args = {}) const {
+    const AttentionShape shape = attention_shape(q, k, v, nullptr);
+    return cost_of(shape, SequenceLayout::padded(shape, args.lengths));
+  }
+  std::size_t workspace_bytes(const View<const float, 4>& q, const View<const float, 4>& k,
+                              const View<const float, 4>& v, const Args& args = {}) const {
+    const AttentionShape shape = attention_shape(q, k, v, nullptr);
+    return workspace_of(detail::make_dense_plan<V>(shape, SequenceLayout::padded(shape, args.lengths)));
+  }
+  void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
+                  const View<float, 4>& out, const Args& args = {}) const {
+    const AttentionShape shape = attention_shape(q, k, v, &out);
+    const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
+    check_lse(args.lse, shape.batch, shape.q_len, shape);
+    zero_padded_rows(out, args.lse, seqs);
+    run(q, k, v, out, args, shape, seqs);
+  }
+
+  // Packed inputs: q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv) -> out (Tq, Ho, Dv), sequences
+  // given by cu_seqlens; args.lengths must be empty.
+  Cost cost(const View<const float, 3>& q, const View<const float, 3>& k, const View<const float, 3>& v,
+            const CuSeqlens& cu) const {
+    const auto [shape, seqs] = packed_shape(q, k, v, cu, nullptr);
+    return cost_of(shape, seqs);
+  }
+  std::size_t workspace_bytes(const View<const float, 3>& q, const View<const float, 3>& k,
+                              const View<const float, 3>& v, const CuSeqlens& cu) const {
+    const auto [shape, seqs] = packed_shape(q, k, v, cu, nullptr);
+    return workspace_of(detail::make_dense_plan<V>(shape, seqs));
+  }
+  void operator()(const View<const float, 3>& q, const View<const float, 3>& k, const View<const float, 3>& v,
+                  const View<float, 3>& out, const CuSeqlens& cu, const Args& args = {}) const {
+    ATTNKIT_CHECK(args.lengths.q.empty() && args.lengths.kv.empty(),
+                  "args.lengths: expected empty with packed inputs (cu_seqlens gives the lengths)");
+    const View<float, 4> out4 = detail::as_batch_of_one(out);
+    const auto [shape, seqs] = packed_shape(q, k, v, cu, &out4);
+    check_lse(args.lse, 1, shape.q_len, shape);
+    run(detail::as_batch_of_one(q), detail::as_batch_of_one(k), detail::as_batch_of_one(v), out4, args, shape,
+        seqs);
+  }
+
+ private:
+  struct PackedShape {
+    AttentionShape shape;
+    SequenceLayout seqs;
+  };
+  static PackedShape packed_shape(const View<const float, 3>& q, const View<const float, 3>& k,
+                                  const View<const float, 3>& v, const CuSeqlens& cu, const View<float, 4>* out) {
+    const AttentionShape shape =
+        attention_shape(detail::as_batch_of_one(q), detail::as_batch_of_one(k), detail::as_batch_of_one(v), out);
+    return {shape, SequenceLayout::packed(cu, shape.q_len, shape.kv_len)};
+  }
+
+  static void check_lse(const View<float, 3>& lse, Index batch, Index q_len, const AttentionShape& shape) {
+    if (lse.data() == nullptr && lse.empty()) return;
+    check_view(lse, "args.lse");
+    const std::array<Index, 3> expected{batch, q_len, shape.heads.out_heads()};
+    for (int axis = 0; axis < 3; ++axis)
+      ATTNKIT_CHECK(lse.extent(axis) == expected[axis], "args.lse: extent ", axis, " is ", lse.extent(axis),
+                    ", expected ", expected[axis], " (batch, q_len, out_heads)");
+  }
+
+  // Rows past a padded sequence's real length: zeros, log-sum-exp -inf.
+  static void zero_padded_rows(const View<float, 4>& out, const View<float, 3>& lse, const SequenceLayout& seqs) {
+    for (Index s = 0; s < seqs.count(); ++s) {
+      const Sequence seq = seqs[s];
+      for (Index pos = seq.q_len; pos < seq.q_extent; ++pos)
+        for (Index h = 0; h < out.extent(2); ++h) {
+          for (Index d = 0; d < out.extent(3); ++d) out(seq.batch, pos, h, d) = 0.0f;
+          if (lse.data() != nullptr) lse(seq.batch, pos, h) = tile::kNegInf;
+        }
+    }
+  }
+
+  float scale_for(const AttentionShape& shape) const {
+    return options_.scale.value_or(1.0f / std::sqrt(static_cast<float>(shape.head_dim)));
+  }
+
+  Cost cost_of(const AttentionShape& shape, const SequenceLayout& seqs) const {
+    double pairs = 0;
+    for (Index s = 0; s < seqs.count(); ++s) {
+      const Sequence seq = seqs[s];
+      for (Index pos = 0; pos < seq.q_len; ++pos) {
+        const tile::KeyRange seen = options_.causal ? tile::CausalMask::visible(pos, seq.q_len, seq.kv_len)
+                                                    : tile::NoMask::visible(pos, seq.q_len, seq.kv_len);
+        pairs += static_cast<double>(seen.end - seen.begin);
+      }
+    }
+    const double out_heads = static_cast<double>(shape.heads.out_heads());
+    Cost cost;
+    cost.flops = 2.0 * pairs * out_heads * static_cast<double>(shape.head_dim + shape.v_dim);
+    const double batch = static_cast<double>(shape.batch);
+    cost.bytes = sizeof(float) * batch *
+                 (static_cast<double>(shape.q_len) * (shape.heads.q_heads * shape.head_dim + out_heads * shape.v_dim) +
+                  static_cast<double>(shape.kv_len) * shape.heads.kv_heads * (shape.head_dim + shape.v_dim));
+    return cost;
+  }
+
+  std::size_t workspace_of(const detail::DensePlan& plan) const {
+    if (plan.items == 0) return 0;
+    return plan.scratch_bytes * static_cast<std::size_t>(backend_.threads()) + plan.partial_bytes;
+  }
+
+  void run(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
+           const View<float, 4>& out, const Args& args, const AttentionShape& shape, const SequenceLayout& seqs) const {
+    const detail::DensePlan plan = detail::make_dense_plan<V>(shape, seqs);
+    if (plan.items == 0) return;
+    const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
+    const float scale = scale_for(shape);
+    auto launch = [&](auto mask) {
+      using Mask = decltype(mask);
+      const detail::DenseKernel<V, Mask> kernel(q, k, v, out, args.lse, shape, seqs, plan, scale, workspace.data(),
+                                                backend_.threads());
+      backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+      if (plan.splits > 1)
+        backend_.parallel_for(kernel.merge_items(), [&](Index item, int) { kernel.merge_item(item); });
+    };
+    if (options_.causal)
+      launch(tile::CausalMask{});
+    else
+      launch(tile::NoMask{});
+  }
+
+  Options options_;
+  Backend backend_;
+};
+
+}  // namespace attnkit

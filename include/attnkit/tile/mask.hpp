@@ -1,0 +1,38 @@
+// Mask policies. A policy answers, for a query position, which keys it sees (a half-open range),
+// so a kernel derives from it both which key blocks a tile visits (its trip count) and whether a
+// visited block needs masking inside. Positions and keys are relative to their sequence.
+//   NoMask       every key
+//   CausalMask   bottom-right aligned: query i of q_len sees key j iff j <= i + kv_len - q_len
+#pragma once
+
+#include <algorithm>
+
+#include "attnkit/core/view.hpp"
+
+namespace attnkit::tile {
+
+struct KeyRange {
+  Index begin = 0;
+  Index end = 0;  // exclusive
+};
+
+struct NoMask {
+  static KeyRange visible(Index /*pos*/, Index /*q_len*/, Index kv_len) { return {0, kv_len}; }
+};
+
+struct CausalMask {
+  static KeyRange visible(Index pos, Index q_len, Index kv_len) {
+    return {0, std::clamp<Index>(pos + kv_len - q_len + 1, 0, kv_len)};
+  }
+};
+
+// Sets s[c] = -inf for the columns of a block starting at key `first_key` that fall outside
+// `range`; s holds `cols` columns.
+inline void mask_block_row(float* s, Index cols, Index first_key, KeyRange range, float neg_inf) {
+  const Index lo = std::clamp<Index>(range.begin - first_key, 0, cols);
+  const Index hi = std::clamp<Index>(range.end - first_key, lo, cols);
+  for (Index c = 0; c < lo; ++c) s[c] = neg_inf;
+  for (Index c = hi; c < cols; ++c) s[c] = neg_inf;
+}
+
+}  // namespace attnkit::tile

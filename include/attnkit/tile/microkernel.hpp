@@ -1,0 +1,85 @@
+// Register-blocked micro-kernels for the two products of a fused attention tile, written once on
+// VecOps<V> so Scalar (V = float) and every xsimd architecture share them.
+//   score_*:  S = Q · Kᵀ with K packed in panels of RegisterTile<V>::cols keys (see pack.hpp);
+//             Q rows are broadcast one element at a time, so head_dim needs no padding.
+//   accumulate_pv_*:  O += P · V with V rows read in place (unit stride along v_dim).
+// Tiles always compute mr rows: callers point unused rows at a zero row / padding rows.
+#pragma once
+
+#include "attnkit/backend/vec.hpp"
+#include "attnkit/core/view.hpp"
+#include "attnkit/tile/tile_shape.hpp"
+
+namespace attnkit::tile {
+
+// s[r][c] = Σ_d q_rows[r][d] · panel[d][c] for one packed key panel.
+// q_rows: MR pointers to (head_dim) rows; panel: (head_dim, NR * W); s: (MR, lds).
+template <class V, int MR, int NR>
+inline void score_panel(const float* const* q_rows, const float* panel, Index head_dim, float* s,
+                        Index lds) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  V acc[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NR; ++n) acc[r][n] = Ops::zero();
+  for (Index d = 0; d < head_dim; ++d) {
+    V k[NR];
+    for (int n = 0; n < NR; ++n) k[n] = Ops::load(panel + d * (NR * W) + n * W);
+    for (int r = 0; r < MR; ++r) {
+      const V q = Ops::broadcast(q_rows[r][d]);
+      for (int n = 0; n < NR; ++n) acc[r][n] = Ops::fma(q, k[n], acc[r][n]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NR; ++n) Ops::store(s + r * lds + n * W, acc[r][n]);
+}
+
+// S (MR, padded_keys) for a whole packed K block: padded_keys / cols panels side by side.
+template <class V>
+inline void score_block(const float* const* q_rows, const float* packed_k, Index head_dim,
+                        Index padded_keys, float* s, Index lds) {
+  using Tile = RegisterTile<V>;
+  for (Index c = 0; c < padded_keys; c += Tile::cols)
+    score_panel<V, Tile::mr, Tile::nr>(q_rows, packed_k + c * head_dim, head_dim, s + c, lds);
+}
+
+// o[r][c] += Σ_j p[r][j] · v[j][c] for an (MR, NR * W) strip of the output.
+// p: (MR, ldp); v: rows j at v + j * ldv; o: (MR, ldo).
+template <class V, int MR, int NR>
+inline void accumulate_pv_strip(const float* p, Index ldp, const float* v, Index ldv, Index keys,
+                                float* o, Index ldo) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  V acc[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NR; ++n) acc[r][n] = Ops::load(o + r * ldo + n * W);
+  for (Index j = 0; j < keys; ++j) {
+    V vj[NR];
+    for (int n = 0; n < NR; ++n) vj[n] = Ops::load(v + j * ldv + n * W);
+    for (int r = 0; r < MR; ++r) {
+      const V pj = Ops::broadcast(p[r * ldp + j]);
+      for (int n = 0; n < NR; ++n) acc[r][n] = Ops::fma(pj, vj[n], acc[r][n]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NR; ++n) Ops::store(o + r * ldo + n * W, acc[r][n]);
+}
+
+// O (MR, v_dim) += P (MR, keys) · V (keys, v_dim): full strips, then single vectors, then a
+// scalar tail, so any v_dim works without reading past a row.
+template <class V>
+inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, Index keys,
+                          Index v_dim, float* o, Index ldo) {
+  using Tile = RegisterTile<V>;
+  constexpr int W = Tile::width;
+  Index c = 0;
+  for (; c + Tile::cols <= v_dim; c += Tile::cols)
+    accumulate_pv_strip<V, Tile::mr, Tile::nr>(p, ldp, v + c, ldv, keys, o + c, ldo);
+  if constexpr (Tile::nr > 1)
+    for (; c + W <= v_dim; c += W)
+      accumulate_pv_strip<V, Tile::mr, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+  if constexpr (W > 1)
+    for (; c < v_dim; ++c) accumulate_pv_strip<float, Tile::mr, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+}
+
+}  // namespace attnkit::tile

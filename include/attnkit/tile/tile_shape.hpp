@@ -1,0 +1,41 @@
+// Tile sizes: compile-time register tiles from the vector type, and the constexpr heuristics that
+// size cache blocks from head_dim and the cache budget. Kernels take every size from here.
+#pragma once
+
+#include <algorithm>
+
+#include "attnkit/backend/vec.hpp"
+#include "attnkit/core/view.hpp"
+
+namespace attnkit {
+
+// Register tile of the micro-kernels: mr rows by nr vectors (nr * width columns).
+// With R vector registers, mr * nr accumulators + nr column loads + 1 broadcast must fit:
+// AVX2 / SSE (16 registers): 6 x 2; AVX-512 (32 registers): 12 x 2; Scalar: 4 x 4 floats.
+template <class V>
+struct RegisterTile {
+  static constexpr int width = VecOps<V>::width;
+  static constexpr int nr = width == 1 ? 4 : 2;
+  static constexpr int mr = width == 1 ? 4 : std::min(12, (VecOps<V>::registers - nr - 2) / nr);
+  static constexpr int cols = nr * width;  // columns of one packed key panel
+};
+
+// Cache budget a key/value block should fit in (a conservative half of a 1 MiB-class L2).
+inline constexpr Index kL2BudgetBytes = 512 * 1024;
+
+// Keys per block: the packed K block (head_dim x keys) and the V rows (keys x v_dim) it pairs
+// with fit the L2 budget; a multiple of the panel width, between 64 and 512.
+constexpr Index kv_block_keys(Index head_dim, Index v_dim, Index panel_cols) {
+  const Index bytes_per_key = (head_dim + v_dim) * Index(sizeof(float));
+  Index keys = kL2BudgetBytes / std::max<Index>(bytes_per_key, 1);
+  keys = std::clamp<Index>(keys, 64, 512);
+  return std::max<Index>(keys / panel_cols * panel_cols, panel_cols);
+}
+
+// Query rows per work item: enough rows that packing a K block is amortised over ~256 rows of
+// compute, few enough that the accumulators (rows x v_dim) stay in L2.
+constexpr Index rows_per_item(Index v_dim) {
+  return std::clamp<Index>(kL2BudgetBytes / 2 / (std::max<Index>(v_dim, 1) * Index(sizeof(float))), 32, 256);
+}
+
+}  // namespace attnkit
