@@ -1,0 +1,205 @@
+// Dense attention against unfused Eigen and OpenBLAS attention on the same shapes and threads, plus
+// the sgemm rate and STREAM bandwidth as yardsticks; prints a side-by-side table at the end.
+//   dense_bench            default shapes (the README's main job)
+//   dense_bench --full     N 512..8192, d 64 and 128, causal and not, 1 and 2 threads
+// Other arguments go to Google Benchmark (e.g. --benchmark_filter=attnkit).
+#include <attnkit/attnkit.hpp>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "baselines.hpp"
+#include "report.hpp"
+
+namespace ak = attnkit;
+using ak::Index;
+namespace bm = benchmark;
+
+namespace {
+
+struct Inputs {
+  std::vector<float> q, k, v, out;
+  Inputs(Index q_len, Index kv_len, Index q_heads, Index kv_heads, Index dim)
+      : q(q_len * q_heads * dim), k(kv_len * kv_heads * dim), v(kv_len * kv_heads * dim), out(q_len * q_heads * dim) {
+    std::uint32_t state = 12345;
+    auto next = [&] { return static_cast<float>((state = state * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f; };
+    for (auto* x : {&q, &k, &v})
+      for (float& e : *x) e = 2.0f * next();
+  }
+};
+
+struct Prefill {
+  Index n, dim;
+  bool causal;
+  int threads;
+  std::string name() const {
+    return "prefill N=" + std::to_string(n) + " d=" + std::to_string(dim) + (causal ? " causal" : "") + " T" +
+           std::to_string(threads);
+  }
+};
+
+struct Decode {
+  Index kv_len, q_heads, kv_heads, dim;
+  int threads;
+  std::string name() const {
+    return "decode 1x" + std::to_string(kv_len) + " " + std::to_string(q_heads) + "/" + std::to_string(kv_heads) +
+           " d=" + std::to_string(dim) + " T" + std::to_string(threads);
+  }
+};
+
+constexpr Index kHeads = 8;
+
+void set_counters(bm::State& state, const ak::Cost& cost) {
+  state.counters["FLOPs"] = cost.flops;
+  state.counters["bytes"] = cost.bytes;
+  state.counters["GFLOPS"] = bm::Counter(cost.flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
+}
+
+template <class Unfused>
+void register_baseline(const std::string& name, const Prefill& p, const ak::bench::UnfusedShape& shape) {
+  bm::RegisterBenchmark(name.c_str(), [p, shape](bm::State& state) {
+    Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
+    const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim);  // cost counted as for attnkit
+    const double flops = ak::Attention<ak::Dense>(ak::Dense::Options{.causal = p.causal}).cost(q, q, q).flops;
+    Unfused run(shape, p.threads);
+    for (auto _ : state) run(in.q.data(), in.k.data(), in.v.data(), in.out.data());
+    state.counters["GFLOPS"] = bm::Counter(flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
+  })->UseRealTime()->Unit(bm::kMillisecond);
+}
+
+void register_prefill(const Prefill& p, bool baselines) {
+  bm::RegisterBenchmark(("attnkit/" + p.name()).c_str(), [p](bm::State& state) {
+    Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
+    ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = p.causal}, ak::OpenMP<>{p.threads});
+    const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim), k = ak::bshd(in.k.data(), 1, p.n, kHeads, p.dim),
+               v = ak::bshd(in.v.data(), 1, p.n, kHeads, p.dim);
+    const auto out = ak::bshd(in.out.data(), 1, p.n, kHeads, p.dim);
+    std::vector<std::byte> workspace_owner(attn.workspace_bytes(q, k, v) + 64);
+    void* aligned = workspace_owner.data();
+    std::size_t space = workspace_owner.size();
+    std::align(64, space - 64, aligned, space);
+    const ak::Workspace workspace{aligned, space};
+    for (auto _ : state) attn(q, k, v, out, {.workspace = workspace});
+    set_counters(state, attn.cost(q, k, v));
+  })->UseRealTime()->Unit(bm::kMillisecond);
+  if (!baselines) return;
+  const ak::bench::UnfusedShape shape{kHeads, p.n, p.n, p.dim, p.causal};
+  register_baseline<ak::bench::EigenUnfused>("eigen/" + p.name(), p, shape);
+  register_baseline<ak::bench::BlasUnfused>("openblas/" + p.name(), p, shape);
+}
+
+void register_decode(const Decode& d) {
+  bm::RegisterBenchmark(("attnkit/" + d.name()).c_str(), [d](bm::State& state) {
+    Inputs in(1, d.kv_len, d.q_heads, d.kv_heads, d.dim);
+    ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = true}, ak::OpenMP<>{d.threads});
+    const auto q = ak::bshd(in.q.data(), 1, 1, d.q_heads, d.dim);
+    const auto k = ak::bshd(in.k.data(), 1, d.kv_len, d.kv_heads, d.dim);
+    const auto v = ak::bshd(in.v.data(), 1, d.kv_len, d.kv_heads, d.dim);
+    const auto out = ak::bshd(in.out.data(), 1, 1, d.q_heads, d.dim);
+    for (auto _ : state) attn(q, k, v, out);
+    const ak::Cost cost = attn.cost(q, k, v);
+    set_counters(state, cost);
+    state.counters["kv_bytes"] = 2.0 * sizeof(float) * d.kv_len * d.kv_heads * d.dim;
+  })->UseRealTime()->Unit(bm::kMillisecond);
+}
+
+void register_yardsticks(const std::vector<int>& threads) {
+  bm::RegisterBenchmark("openblas/sgemm 2048^3 T1", [](bm::State& state) {
+    ak::bench::Sgemm gemm(2048);
+    for (auto _ : state) gemm();
+    state.counters["GFLOPS"] = bm::Counter(gemm.flops() * 1e-9, bm::Counter::kIsIterationInvariantRate);
+  })->UseRealTime()->Unit(bm::kMillisecond);
+  for (int t : threads)
+    bm::RegisterBenchmark(("stream/triad T" + std::to_string(t)).c_str(), [t](bm::State& state) {
+      ak::bench::StreamTriad triad(Index(1) << 25, t);
+      for (auto _ : state) triad();
+      state.counters["GBps"] = bm::Counter(triad.bytes() * 1e-9, bm::Counter::kIsIterationInvariantRate);
+    })->UseRealTime()->Unit(bm::kMillisecond);
+}
+
+void print_table(const ak::bench::CollectingReporter& reporter) {
+  const auto& results = reporter.results();
+  auto find = [&](const std::string& shape, const std::string& impl) -> const ak::bench::Measured* {
+    auto row = results.find(shape);
+    if (row == results.end()) return nullptr;
+    auto it = row->second.find(impl);
+    return it == row->second.end() ? nullptr : &it->second;
+  };
+  double sgemm = 0;
+  if (auto* m = find("sgemm 2048^3 T1", "openblas")) sgemm = m->counters.at("GFLOPS");
+  std::printf("\nattnkit dense, batch 1, fp32 (GFLOP/s = cost().flops / time; ratios = baseline time / attnkit time)\n");
+  if (sgemm > 0) std::printf("OpenBLAS sgemm 2048^3, 1 thread: %.1f GFLOP/s\n", sgemm);
+  std::printf("%-34s %10s %9s %10s %9s %10s %9s %9s\n", "case", "attnkit ms", "GFLOP/s", "eigen ms", "vs eigen",
+              "blas ms", "vs blas", "vs sgemm");
+  for (const auto& [shape, impls] : results) {
+    if (shape.rfind("prefill", 0) != 0) continue;
+    const auto* ours = find(shape, "attnkit");
+    if (ours == nullptr) continue;
+    const double gflops = ours->counters.at("GFLOPS");
+    std::printf("%-34s %10.2f %9.1f", shape.c_str(), ours->seconds * 1e3, gflops);
+    for (const char* base : {"eigen", "openblas"}) {
+      if (const auto* b = find(shape, base))
+        std::printf(" %10.2f %8.2fx", b->seconds * 1e3, b->seconds / ours->seconds);
+      else
+        std::printf(" %10s %9s", "-", "-");
+    }
+    if (sgemm > 0 && shape.find(" T1") != std::string::npos)
+      std::printf(" %8.2fx", gflops / sgemm);
+    std::printf("\n");
+  }
+  std::printf("\n%-34s %10s %9s %12s %14s\n", "decode case", "attnkit ms", "K+V GB/s", "stream GB/s",
+              "time / stream");
+  for (const auto& [shape, impls] : results) {
+    if (shape.rfind("decode", 0) != 0) continue;
+    const auto* ours = find(shape, "attnkit");
+    const std::string threads = shape.substr(shape.rfind(' ') + 1);
+    const auto* stream = find("triad " + threads, "stream");
+    if (ours == nullptr) continue;
+    const double kv_bytes = ours->counters.at("kv_bytes");
+    std::printf("%-34s %10.2f %9.1f", shape.c_str(), ours->seconds * 1e3, kv_bytes / ours->seconds * 1e-9);
+    if (stream != nullptr) {
+      const double bandwidth = stream->counters.at("GBps");
+      std::printf(" %12.1f %13.2fx", bandwidth, ours->seconds / (kv_bytes / (bandwidth * 1e9)));
+    }
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool full = false;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--full") == 0)
+      full = true;
+    else
+      args.push_back(argv[i]);
+  }
+  int count = static_cast<int>(args.size());
+  bm::Initialize(&count, args.data());
+
+  register_yardsticks({1, 2});
+  if (full) {
+    for (int threads : {1, 2})
+      for (Index dim : {64, 128})
+        for (Index n : {512, 1024, 2048, 4096, 8192})
+          for (bool causal : {false, true}) register_prefill({n, dim, causal, threads}, true);
+  } else {
+    register_prefill({4096, 128, false, 1}, true);
+    register_prefill({4096, 128, true, 1}, true);
+    register_prefill({4096, 64, false, 1}, true);
+    register_prefill({2048, 128, false, 1}, true);
+    register_prefill({4096, 128, false, 2}, true);
+    register_prefill({4096, 128, true, 2}, false);
+  }
+  for (int threads : {1, 2}) {
+    register_decode({4096, 32, 8, 128, threads});
+    register_decode({32768, 32, 8, 128, threads});
+  }
+  ak::bench::CollectingReporter reporter;
+  bm::RunSpecifiedBenchmarks(&reporter);
+  print_table(reporter);
+  bm::Shutdown();
+  return 0;
+}

@@ -1,0 +1,40 @@
+// Collects Google Benchmark runs so a bench binary can print its side-by-side table after the
+// usual console output. Runs are named "<implementation>/<case>".
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace attnkit::bench {
+
+struct Measured {
+  double seconds = 0;  // real time per iteration
+  std::map<std::string, double> counters;
+};
+
+class CollectingReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    benchmark::ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.error_occurred || run.iterations == 0) continue;
+      std::string name = run.benchmark_name();
+      if (const auto suffix = name.find("/real_time"); suffix != std::string::npos) name.erase(suffix);
+      const auto slash = name.find('/');
+      Measured m;
+      m.seconds = run.real_accumulated_time / static_cast<double>(run.iterations);
+      for (const auto& [key, counter] : run.counters) m.counters[key] = counter.value;
+      results_[name.substr(slash + 1)][name.substr(0, slash)] = m;
+    }
+  }
+  // case -> implementation -> measurement
+  const std::map<std::string, std::map<std::string, Measured>>& results() const { return results_; }
+
+ private:
+  std::map<std::string, std::map<std::string, Measured>> results_;
+};
+
+}  // namespace attnkit::bench
