@@ -59,6 +59,7 @@ struct DensePlan {
   Index chunks = 0;      // work items along the query axis of the longest sequence
   Index split_keys = 0;  // keys per split
   Index splits = 1;      // key splits per sequence (> 1: partial results merged)
+  Index acc_cols = 0;    // v_dim padded to whole value strips: the accumulator row length
   Index items = 0;       // sequences * kv_groups * chunks * splits
   std::size_t scratch_bytes = 0;  // per thread
   std::size_t partial_bytes = 0;  // all split partials
@@ -85,13 +86,15 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
   plan.split_keys = decode ? kSplitKeys : std::max<Index>(max_kv, 1);
   plan.splits = decode ? (max_kv + kSplitKeys - 1) / kSplitKeys : 1;
   plan.items = seqs.count() * plan.kv_groups * plan.chunks * plan.splits;
+  plan.acc_cols = (shape.v_dim + Tile::cols - 1) / Tile::cols * Tile::cols;
   plan.scratch_bytes = array_bytes<float>(tile::packed_key_floats(plan.kv_block, shape.head_dim, Tile::cols)) +
-                       array_bytes<float>(Tile::mr * plan.kv_block) +  // scores
-                       array_bytes<float>(shape.head_dim) +            // zero query row
-                       array_bytes<float>(plan.rows * shape.v_dim) +   // accumulators
+                       array_bytes<float>(tile::packed_value_floats(plan.kv_block, shape.v_dim, Tile::cols)) +
+                       array_bytes<float>(Tile::mr * plan.kv_block) +    // scores
+                       array_bytes<float>(shape.head_dim) +              // zero query row
+                       array_bytes<float>(plan.rows * plan.acc_cols) +   // accumulators
                        array_bytes<tile::SoftmaxRow>(plan.rows);
   if (plan.splits > 1)
-    plan.partial_bytes = array_bytes<float>(plan.items * plan.rows * shape.v_dim) +
+    plan.partial_bytes = array_bytes<float>(plan.items * plan.rows * plan.acc_cols) +
                          array_bytes<tile::SoftmaxRow>(plan.items * plan.rows);
   return plan;
 }
@@ -109,7 +112,7 @@ class DenseKernel {
     Arena arena(workspace, plan.scratch_bytes * slots + plan.partial_bytes);
     scratch_ = arena.take<std::byte>(plan.scratch_bytes * slots);
     if (plan.splits > 1) {
-      partial_acc_ = arena.take<float>(plan.items * plan.rows * shape.v_dim);
+      partial_acc_ = arena.take<float>(plan.items * plan.rows * plan.acc_cols);
       partial_rows_ = arena.take<tile::SoftmaxRow>(plan.items * plan.rows);
     }
   }
@@ -130,16 +133,18 @@ class DenseKernel {
 
     Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
     float* packed_k = arena.take<float>(tile::packed_key_floats(plan_.kv_block, shape_.head_dim, Tile::cols));
+    float* packed_v = arena.take<float>(tile::packed_value_floats(plan_.kv_block, shape_.v_dim, Tile::cols));
     float* scores = arena.take<float>(Tile::mr * plan_.kv_block);  // (mr, kv_block)
     float* zero_row = arena.take<float>(shape_.head_dim);
-    float* acc = arena.take<float>(plan_.rows * shape_.v_dim);  // (rows, v_dim)
+    const Index ldo = plan_.acc_cols;
+    float* acc = arena.take<float>(plan_.rows * ldo);  // (rows, acc_cols)
     tile::SoftmaxRow* states = arena.take<tile::SoftmaxRow>(plan_.rows);
     if (plan_.splits > 1) {
-      acc = partial_acc_ + item * plan_.rows * shape_.v_dim;
+      acc = partial_acc_ + item * plan_.rows * ldo;
       states = partial_rows_ + item * plan_.rows;
     }
     std::fill(zero_row, zero_row + shape_.head_dim, 0.0f);
-    std::fill(acc, acc + plan_.rows * shape_.v_dim, 0.0f);
+    std::fill(acc, acc + plan_.rows * ldo, 0.0f);
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
 
     // Keys this item may visit: its split, narrowed by what its first and last rows see.
@@ -157,6 +162,7 @@ class DenseKernel {
       const Index keys = std::min(plan_.kv_block, key_end - block);
       const Index padded_keys = (keys + Tile::cols - 1) / Tile::cols * Tile::cols;
       tile::pack_key_panels<Tile::cols>(k_rows + block * k_.stride(1), k_.stride(1), keys, shape_.head_dim, packed_k);
+      tile::pack_value_strips<Tile::cols>(v_rows + block * v_.stride(1), v_.stride(1), keys, shape_.v_dim, packed_v);
       for (Index t = 0; t < rows; t += Tile::mr) {
         const Index tile_rows = std::min<Index>(Tile::mr, rows - t);
         const float* q_tile[Tile::mr];
@@ -182,10 +188,9 @@ class DenseKernel {
           float* s = scores + r * lds;
           if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
           const float rescale = tile::softmax_block_row<V>(s, padded_keys, scale_, states[t + r]);
-          if (rescale != 1.0f) tile::scale_row<V>(acc + (t + r) * shape_.v_dim, shape_.v_dim, rescale);
+          if (rescale != 1.0f) tile::scale_row<V>(acc + (t + r) * ldo, ldo, rescale);
         }
-        tile::accumulate_pv<V>(scores, lds, v_rows + block * v_.stride(1), v_.stride(1), keys, shape_.v_dim,
-                               acc + t * shape_.v_dim, shape_.v_dim);
+        tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys, ldo / Tile::cols, acc + t * ldo, ldo);
       }
     }
     if (plan_.splits > 1) return;
@@ -193,7 +198,7 @@ class DenseKernel {
       const Index pos = first_pos + r / plan_.group;
       const Index out_head = kv_group * plan_.group + r % plan_.group;
       float* out_row = out_.at(seq.batch, seq.q_begin + pos, out_head, 0);
-      const float lse = tile::finalize_row<V>(acc + r * shape_.v_dim, shape_.v_dim, states[r], out_row);
+      const float lse = tile::finalize_row<V>(acc + r * ldo, shape_.v_dim, states[r], out_row);
       if (lse_.data() != nullptr) lse_(seq.batch, seq.q_begin + pos, out_head) = lse;
     }
   }
@@ -210,13 +215,13 @@ class DenseKernel {
     // Split items of this chunk are consecutive; run_item numbers chunks from the end.
     const Index first_split_item =
         ((item / plan_.chunks) * plan_.chunks + (plan_.chunks - 1 - chunk)) * plan_.splits;
-    const Index acc_stride = plan_.rows * shape_.v_dim;
+    const Index acc_stride = plan_.rows * plan_.acc_cols;
     for (Index r = 0; r < (end_pos - first_pos) * plan_.group; ++r) {
       const Index pos = first_pos + r / plan_.group;
       const Index out_head = kv_group * plan_.group + r % plan_.group;
       float* out_row = out_.at(seq.batch, seq.q_begin + pos, out_head, 0);
       const float lse = tile::merge_partial_rows<V>(
-          partial_acc_ + first_split_item * acc_stride + r * shape_.v_dim, acc_stride,
+          partial_acc_ + first_split_item * acc_stride + r * plan_.acc_cols, acc_stride,
           partial_rows_ + first_split_item * plan_.rows + r, plan_.rows, plan_.splits, shape_.v_dim, out_row);
       if (lse_.data() != nullptr) lse_(seq.batch, seq.q_begin + pos, out_head) = lse;
     }

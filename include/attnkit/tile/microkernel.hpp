@@ -2,7 +2,7 @@
 // VecOps<V> so Scalar (V = float) and every xsimd architecture share them.
 //   score_*:  S = Q · Kᵀ with K packed in panels of RegisterTile<V>::cols keys (see pack.hpp);
 //             Q rows are broadcast one element at a time, so head_dim needs no padding.
-//   accumulate_pv_*:  O += P · V with V rows read in place (unit stride along v_dim).
+//   accumulate_pv_*:  O += P · V with V packed in strips (see pack.hpp) or rows read in place.
 // Tiles always compute mr rows: callers point unused rows at a zero row / padding rows.
 #pragma once
 
@@ -65,8 +65,19 @@ inline void accumulate_pv_strip(const float* p, Index ldp, const float* v, Index
     for (int n = 0; n < NR; ++n) Ops::store(o + r * ldo + n * W, acc[r][n]);
 }
 
-// O (MR, v_dim) += P (MR, keys) · V (keys, v_dim): full strips, then single vectors, then a
-// scalar tail, so any v_dim works without reading past a row.
+// O (MR, padded v_dim) += P (MR, keys) · V for V packed in strips by pack_value_strips():
+// `strips` strips of (keys, cols); o rows hold strips * cols floats.
+template <class V>
+inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_v, Index keys, Index strips,
+                                 float* o, Index ldo) {
+  using Tile = RegisterTile<V>;
+  for (Index s = 0; s < strips; ++s)
+    accumulate_pv_strip<V, Tile::mr, Tile::nr>(p, ldp, packed_v + s * keys * Tile::cols, Tile::cols, keys,
+                                               o + s * Tile::cols, ldo);
+}
+
+// O (MR, v_dim) += P (MR, keys) · V (keys, v_dim) with V rows read in place: full strips, then
+// single vectors, then a scalar tail, so any v_dim works without reading past a row.
 template <class V>
 inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, Index keys,
                           Index v_dim, float* o, Index ldo) {

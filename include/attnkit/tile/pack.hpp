@@ -1,6 +1,9 @@
-// Packing of key blocks into the panel layout score_panel() streams: a block of `keys` rows
-// (each head_dim floats, rows `row_stride` apart) becomes ceil(keys / cols) panels of
-// (head_dim, cols) floats, keys past the block zero-filled.
+// Packing of key and value blocks into the layouts the micro-kernels stream, so that they read
+// contiguous memory whatever the caller's strides:
+//   keys:   a block of `keys` rows (head_dim floats each, rows `row_stride` apart) becomes
+//           ceil(keys / cols) panels of (head_dim, cols), keys past the block zero-filled.
+//   values: a block of `keys` rows (v_dim floats each) becomes ceil(v_dim / cols) strips of
+//           (keys, cols), columns past v_dim zero-filled.
 #pragma once
 
 #include <algorithm>
@@ -26,6 +29,26 @@ inline void pack_key_panels(const float* k, Index row_stride, Index keys, Index 
     }
     for (Index c = n; c < Cols; ++c)
       for (Index d = 0; d < head_dim; ++d) panel[d * Cols + c] = 0.0f;
+  }
+}
+
+// Floats a packed block of `keys` value rows occupies.
+constexpr Index packed_value_floats(Index keys, Index v_dim, Index cols) {
+  return (v_dim + cols - 1) / cols * cols * keys;
+}
+
+// packed: (ceil(v_dim / cols), keys, cols) from v: rows j at v + j * row_stride, (v_dim).
+template <int Cols>
+inline void pack_value_strips(const float* v, Index row_stride, Index keys, Index v_dim, float* packed) {
+  for (Index c0 = 0; c0 < v_dim; c0 += Cols) {
+    float* strip = packed + c0 * keys;  // (keys, Cols)
+    const Index n = std::min<Index>(Cols, v_dim - c0);
+    for (Index j = 0; j < keys; ++j) {
+      const float* row = v + j * row_stride + c0;
+      float* out = strip + j * Cols;
+      for (Index c = 0; c < n; ++c) out[c] = row[c];
+      for (Index c = n; c < Cols; ++c) out[c] = 0.0f;
+    }
   }
 }
 

@@ -20,8 +20,9 @@ struct RegisterTile {
   static constexpr int cols = nr * width;  // columns of one packed key panel
 };
 
-// Cache budget a key/value block should fit in (a conservative half of a 1 MiB-class L2).
-inline constexpr Index kL2BudgetBytes = 512 * 1024;
+// Cache budget a packed key/value block should fit in: half of a 512 KiB L2 (Zen 3; Ice Lake
+// has 1.25 MiB), leaving the rest to the query rows and accumulators of the work item.
+inline constexpr Index kL2BudgetBytes = 256 * 1024;
 
 // Keys per block: the packed K block (head_dim x keys) and the V rows (keys x v_dim) it pairs
 // with fit the L2 budget; a multiple of the panel width, between 64 and 512.
@@ -35,7 +36,7 @@ constexpr Index kv_block_keys(Index head_dim, Index v_dim, Index panel_cols) {
 // Query rows per work item: enough rows that packing a K block is amortised over ~256 rows of
 // compute, few enough that the accumulators (rows x v_dim) stay in L2.
 constexpr Index rows_per_item(Index v_dim) {
-  return std::clamp<Index>(kL2BudgetBytes / 2 / (std::max<Index>(v_dim, 1) * Index(sizeof(float))), 32, 256);
+  return std::clamp<Index>(kL2BudgetBytes / (std::max<Index>(v_dim, 1) * Index(sizeof(float))), 32, 256);
 }
 
 }  // namespace attnkit
