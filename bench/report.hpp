@@ -1,5 +1,7 @@
 // Collects Google Benchmark runs so a bench binary can print its side-by-side table after the
-// usual console output. Runs are named "<implementation>/<case>".
+// usual console output. Runs are named "<implementation>/<case>". With --benchmark_repetitions
+// the table keeps each run's fastest repetition: on a shared machine the minimum is the figure
+// least disturbed by other load.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -20,14 +22,15 @@ class CollectingReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     benchmark::ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {
-      if (run.error_occurred || run.iterations == 0) continue;
+      if (run.error_occurred || run.iterations == 0 || run.run_type == Run::RT_Aggregate) continue;
       std::string name = run.benchmark_name();
       if (const auto suffix = name.find("/real_time"); suffix != std::string::npos) name.erase(suffix);
       const auto slash = name.find('/');
       Measured m;
       m.seconds = run.real_accumulated_time / static_cast<double>(run.iterations);
       for (const auto& [key, counter] : run.counters) m.counters[key] = counter.value;
-      results_[name.substr(slash + 1)][name.substr(0, slash)] = m;
+      auto [it, fresh] = results_[name.substr(slash + 1)].try_emplace(name.substr(0, slash), m);
+      if (!fresh && m.seconds < it->second.seconds) it->second = m;
     }
   }
   // case -> implementation -> measurement

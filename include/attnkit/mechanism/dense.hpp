@@ -90,7 +90,7 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
   plan.scratch_bytes = array_bytes<float>(tile::packed_key_floats(plan.kv_block, shape.head_dim, Tile::cols)) +
                        array_bytes<float>(tile::packed_value_floats(plan.kv_block, shape.v_dim, Tile::cols)) +
                        array_bytes<float>(Tile::mr * plan.kv_block) +    // scores
-                       array_bytes<float>(shape.head_dim) +              // zero query row
+                       array_bytes<float>(plan.rows * shape.head_dim) +  // scaled query rows
                        array_bytes<float>(plan.rows * plan.acc_cols) +   // accumulators
                        array_bytes<tile::SoftmaxRow>(plan.rows);
   if (plan.splits > 1)
@@ -135,7 +135,7 @@ class DenseKernel {
     float* packed_k = arena.take<float>(tile::packed_key_floats(plan_.kv_block, shape_.head_dim, Tile::cols));
     float* packed_v = arena.take<float>(tile::packed_value_floats(plan_.kv_block, shape_.v_dim, Tile::cols));
     float* scores = arena.take<float>(Tile::mr * plan_.kv_block);  // (mr, kv_block)
-    float* zero_row = arena.take<float>(shape_.head_dim);
+    float* q_rows = arena.take<float>(plan_.rows * shape_.head_dim);  // (rows, head_dim), scaled
     const Index ldo = plan_.acc_cols;
     float* acc = arena.take<float>(plan_.rows * ldo);  // (rows, acc_cols)
     tile::SoftmaxRow* states = arena.take<tile::SoftmaxRow>(plan_.rows);
@@ -143,7 +143,18 @@ class DenseKernel {
       acc = partial_acc_ + item * plan_.rows * ldo;
       states = partial_rows_ + item * plan_.rows;
     }
-    std::fill(zero_row, zero_row + shape_.head_dim, 0.0f);
+    // Query rows (position-major, then head) copied contiguous and pre-scaled; padding rows are
+    // zero, so their scores are 0 and serve as probabilities 0.
+    for (Index r = 0; r < plan_.rows; ++r) {
+      float* row = q_rows + r * shape_.head_dim;
+      if (r >= rows) {
+        std::fill(row, row + shape_.head_dim, 0.0f);
+        continue;
+      }
+      const float* src = q_.at(seq.batch, seq.q_begin + first_pos + r / plan_.group,
+                               shape_.heads.q_head(kv_group * plan_.group + r % plan_.group), 0);
+      for (Index d = 0; d < shape_.head_dim; ++d) row[d] = src[d] * scale_;
+    }
     std::fill(acc, acc + plan_.rows * ldo, 0.0f);
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
 
@@ -170,13 +181,9 @@ class DenseKernel {
         bool any_visible = false;
         bool needs_mask = false;
         for (int r = 0; r < Tile::mr; ++r) {
-          if (r >= tile_rows) {
-            q_tile[r] = zero_row;  // scores 0, used as probabilities 0
-            continue;
-          }
+          q_tile[r] = q_rows + (t + r) * shape_.head_dim;
+          if (r >= tile_rows) continue;
           const Index pos = first_pos + (t + r) / plan_.group;
-          const Index out_head = kv_group * plan_.group + (t + r) % plan_.group;
-          q_tile[r] = q_.at(seq.batch, seq.q_begin + pos, shape_.heads.q_head(out_head), 0);
           const tile::KeyRange seen = Mask::visible(pos, seq.q_len, seq.kv_len);
           ranges[r] = {std::max(seen.begin, block), std::min(seen.end, block + keys)};
           any_visible |= ranges[r].begin < ranges[r].end;
@@ -187,7 +194,7 @@ class DenseKernel {
         for (Index r = 0; r < tile_rows; ++r) {
           float* s = scores + r * lds;
           if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
-          const float rescale = tile::softmax_block_row<V>(s, padded_keys, scale_, states[t + r]);
+          const float rescale = tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[t + r]);
           if (rescale != 1.0f) tile::scale_row<V>(acc + (t + r) * ldo, ldo, rescale);
         }
         tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys, ldo / Tile::cols, acc + t * ldo, ldo);
