@@ -51,20 +51,27 @@ namespace detail {
 
 // Tiling and work split of one dense call; a function of the shape only.
 struct DensePlan {
-  Index group = 1;       // out heads per kv head (rows of one position in a work item)
-  Index kv_groups = 0;   // kv heads (out_heads / group)
-  Index kv_block = 0;    // keys per packed block
-  Index q_chunk = 0;     // query positions per work item
-  Index rows = 0;        // rows per work item, padded to the register tile
-  Index chunks = 0;      // work items along the query axis of the longest sequence
-  Index split_keys = 0;  // keys per split
-  Index splits = 1;      // key splits per sequence (> 1: partial results merged)
-  Index acc_cols = 0;    // v_dim padded to whole value strips: the accumulator row length
-  Index items = 0;       // sequences * kv_groups * chunks * splits
+  Index group = 1;             // out heads per kv head (rows of one position)
+  Index kv_groups = 0;         // kv heads (out_heads / group)
+  Index groups_per_item = 1;   // kv heads one work item covers
+  Index item_groups = 0;       // kv_groups / groups_per_item
+  Index kv_block = 0;          // keys per block
+  Index q_chunk = 0;           // query positions per work item
+  Index group_rows = 0;        // rows of one kv head in a work item, padded to the register tile
+  Index rows = 0;              // rows per work item: groups_per_item * group_rows
+  Index chunks = 0;            // work items along the query axis of the longest sequence
+  Index split_keys = 0;        // keys per split
+  Index splits = 1;            // key splits per sequence (> 1: partial results merged)
+  Index items = 0;             // sequences * item_groups * chunks * splits
+  Index acc_cols = 0;          // v_dim padded to whole value strips: the accumulator row length
+  bool stream_keys = false;    // a kv head's rows fit one register tile: K / V rows read in place
   std::size_t scratch_bytes = 0;  // per thread
   std::size_t partial_bytes = 0;  // all split partials
 };
 
+// Keys per block when K / V rows are read in place (decode): small enough that the next block
+// of every kv head can be prefetched while this one is used.
+inline constexpr Index kStreamBlockKeys = 16;
 // Key splits kick in when a sequence has at most this many rows per kv head (decode) ...
 inline constexpr Index kSplitMaxRows = 64;
 // ... and are this long (a multiple of every kv block).
@@ -76,19 +83,26 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
   DensePlan plan;
   plan.group = shape.heads.group();
   plan.kv_groups = shape.heads.out_heads() / plan.group;
-  plan.kv_block = kv_block_keys(shape.head_dim, shape.v_dim, Tile::cols);
   plan.q_chunk = std::max<Index>(1, rows_per_item(shape.v_dim) / plan.group);
   plan.q_chunk = std::min(plan.q_chunk, std::max<Index>(seqs.max_q_len(), 1));
-  plan.rows = (plan.q_chunk * plan.group + Tile::mr - 1) / Tile::mr * Tile::mr;
+  plan.group_rows = (plan.q_chunk * plan.group + Tile::mr - 1) / Tile::mr * Tile::mr;
+  // Few rows per kv head: no packing, and one item walks every kv head so that it reads whole
+  // (all-head) key rows, which the caches stream well.
+  plan.stream_keys = plan.q_chunk * plan.group <= Tile::mr;
+  plan.groups_per_item = plan.stream_keys ? std::max<Index>(plan.kv_groups, 1) : 1;
+  plan.item_groups = plan.kv_groups / plan.groups_per_item;
+  plan.kv_block = plan.stream_keys ? kStreamBlockKeys : kv_block_keys(shape.head_dim, shape.v_dim, Tile::cols);
+  plan.rows = plan.groups_per_item * plan.group_rows;
   plan.chunks = (seqs.max_q_len() + plan.q_chunk - 1) / plan.q_chunk;
   const Index max_kv = seqs.max_kv_len();
   const bool decode = seqs.max_q_len() * plan.group <= kSplitMaxRows && max_kv >= 2 * kSplitKeys;
   plan.split_keys = decode ? kSplitKeys : std::max<Index>(max_kv, 1);
   plan.splits = decode ? (max_kv + kSplitKeys - 1) / kSplitKeys : 1;
-  plan.items = seqs.count() * plan.kv_groups * plan.chunks * plan.splits;
+  plan.items = seqs.count() * plan.item_groups * plan.chunks * plan.splits;
   plan.acc_cols = (shape.v_dim + Tile::cols - 1) / Tile::cols * Tile::cols;
-  plan.scratch_bytes = array_bytes<float>(tile::packed_key_floats(plan.kv_block, shape.head_dim, Tile::cols)) +
-                       array_bytes<float>(tile::packed_value_floats(plan.kv_block, shape.v_dim, Tile::cols)) +
+  const Index packed_keys = plan.stream_keys ? 0 : plan.kv_block;
+  plan.scratch_bytes = array_bytes<float>(tile::packed_key_floats(packed_keys, shape.head_dim, Tile::cols)) +
+                       array_bytes<float>(tile::packed_value_floats(packed_keys, shape.v_dim, Tile::cols)) +
                        array_bytes<float>(Tile::mr * plan.kv_block) +    // scores
                        array_bytes<float>(plan.rows * shape.head_dim) +  // scaled query rows
                        array_bytes<float>(plan.rows * plan.acc_cols) +   // accumulators
@@ -99,7 +113,9 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
   return plan;
 }
 
-// The fused kernel for one call: work items are (sequence, kv head, query chunk, key split).
+// The fused kernel for one call. Work items are (sequence, kv heads, query chunk, key split);
+// an item's rows are (kv head, position, head of the group), each kv head's rows padded to the
+// register tile.
 template <class V, class Mask>
 class DenseKernel {
   using Tile = RegisterTile<V>;
@@ -123,18 +139,18 @@ class DenseKernel {
     Index rest = item / plan_.splits;
     const Index chunk = plan_.chunks - 1 - rest % plan_.chunks;
     rest /= plan_.chunks;
-    const Index kv_group = rest % plan_.kv_groups;
-    const Sequence seq = seqs_[rest / plan_.kv_groups];
-
+    const Index first_group = rest % plan_.item_groups * plan_.groups_per_item;
+    const Sequence seq = seqs_[rest / plan_.item_groups];
     const Index first_pos = chunk * plan_.q_chunk;
     const Index end_pos = std::min(first_pos + plan_.q_chunk, seq.q_len);
     if (first_pos >= end_pos) return;
-    const Index rows = (end_pos - first_pos) * plan_.group;
+    const Index group_rows = (end_pos - first_pos) * plan_.group;  // real rows per kv head
 
     Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
-    float* packed_k = arena.take<float>(tile::packed_key_floats(plan_.kv_block, shape_.head_dim, Tile::cols));
-    float* packed_v = arena.take<float>(tile::packed_value_floats(plan_.kv_block, shape_.v_dim, Tile::cols));
-    float* scores = arena.take<float>(Tile::mr * plan_.kv_block);  // (mr, kv_block)
+    const Index packed_keys = plan_.stream_keys ? 0 : plan_.kv_block;
+    float* packed_k = arena.take<float>(tile::packed_key_floats(packed_keys, shape_.head_dim, Tile::cols));
+    float* packed_v = arena.take<float>(tile::packed_value_floats(packed_keys, shape_.v_dim, Tile::cols));
+    float* scores = arena.take<float>(Tile::mr * plan_.kv_block);     // (mr, kv_block)
     float* q_rows = arena.take<float>(plan_.rows * shape_.head_dim);  // (rows, head_dim), scaled
     const Index ldo = plan_.acc_cols;
     float* acc = arena.take<float>(plan_.rows * ldo);  // (rows, acc_cols)
@@ -143,17 +159,18 @@ class DenseKernel {
       acc = partial_acc_ + item * plan_.rows * ldo;
       states = partial_rows_ + item * plan_.rows;
     }
-    // Query rows (position-major, then head) copied contiguous and pre-scaled; padding rows are
-    // zero, so their scores are 0 and serve as probabilities 0.
-    for (Index r = 0; r < plan_.rows; ++r) {
-      float* row = q_rows + r * shape_.head_dim;
-      if (r >= rows) {
-        std::fill(row, row + shape_.head_dim, 0.0f);
+    // Query rows copied contiguous and pre-scaled; padding rows are zero, so their scores are 0
+    // and serve as probabilities 0.
+    for (Index row = 0; row < plan_.rows; ++row) {
+      float* dst = q_rows + row * shape_.head_dim;
+      const Index r = row % plan_.group_rows;
+      if (r >= group_rows) {
+        std::fill(dst, dst + shape_.head_dim, 0.0f);
         continue;
       }
-      const float* src = q_.at(seq.batch, seq.q_begin + first_pos + r / plan_.group,
-                               shape_.heads.q_head(kv_group * plan_.group + r % plan_.group), 0);
-      for (Index d = 0; d < shape_.head_dim; ++d) row[d] = src[d] * scale_;
+      const Index out_head = (first_group + row / plan_.group_rows) * plan_.group + r % plan_.group;
+      const float* src = q_.at(seq.batch, seq.q_begin + first_pos + r / plan_.group, shape_.heads.q_head(out_head), 0);
+      for (Index d = 0; d < shape_.head_dim; ++d) dst[d] = src[d] * scale_;
     }
     std::fill(acc, acc + plan_.rows * ldo, 0.0f);
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
@@ -165,76 +182,99 @@ class DenseKernel {
     const Index key_begin = std::max(split_begin, std::min(first.begin, last.begin));
     const Index key_end = std::min({seq.kv_len, split_begin + plan_.split_keys, std::max(first.end, last.end)});
 
-    const Index kv_head = shape_.heads.kv_head(kv_group * plan_.group);
-    const float* k_rows = k_.at(seq.batch, seq.kv_begin, kv_head, 0);
-    const float* v_rows = v_.at(seq.batch, seq.kv_begin, kv_head, 0);
     const Index lds = plan_.kv_block;
+    const Index ldk = k_.stride(1), ldv = v_.stride(1);
     for (Index block = key_begin; block < key_end; block += plan_.kv_block) {
       const Index keys = std::min(plan_.kv_block, key_end - block);
       const Index padded_keys = (keys + Tile::cols - 1) / Tile::cols * Tile::cols;
-      tile::pack_key_panels<Tile::cols>(k_rows + block * k_.stride(1), k_.stride(1), keys, shape_.head_dim, packed_k);
-      tile::pack_value_strips<Tile::cols>(v_rows + block * v_.stride(1), v_.stride(1), keys, shape_.v_dim, packed_v);
-      for (Index t = 0; t < rows; t += Tile::mr) {
-        const Index tile_rows = std::min<Index>(Tile::mr, rows - t);
-        const float* q_tile[Tile::mr];
-        tile::KeyRange ranges[Tile::mr];
-        bool any_visible = false;
-        bool needs_mask = false;
-        for (int r = 0; r < Tile::mr; ++r) {
-          q_tile[r] = q_rows + (t + r) * shape_.head_dim;
-          if (r >= tile_rows) continue;
-          const Index pos = first_pos + (t + r) / plan_.group;
-          const tile::KeyRange seen = Mask::visible(pos, seq.q_len, seq.kv_len);
-          ranges[r] = {std::max(seen.begin, block), std::min(seen.end, block + keys)};
-          any_visible |= ranges[r].begin < ranges[r].end;
-          needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
+      for (Index g = 0; g < plan_.groups_per_item; ++g) {
+        const Index kv_head = shape_.heads.kv_head((first_group + g) * plan_.group);
+        const float* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
+        const float* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
+        if (!plan_.stream_keys) {
+          tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, packed_k);
+          tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, packed_v);
         }
-        if (!any_visible) continue;
-        tile::score_block<V>(q_tile, packed_k, shape_.head_dim, padded_keys, scores, lds);
-        for (Index r = 0; r < tile_rows; ++r) {
-          float* s = scores + r * lds;
-          if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
-          const float rescale = tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[t + r]);
-          if (rescale != 1.0f) tile::scale_row<V>(acc + (t + r) * ldo, ldo, rescale);
+        for (Index t = 0; t < group_rows; t += Tile::mr) {
+          const Index row0 = g * plan_.group_rows + t;  // first row of the tile in the item
+          const Index tile_rows = std::min<Index>(Tile::mr, group_rows - t);
+          const float* q_tile[Tile::mr];
+          tile::KeyRange ranges[Tile::mr];
+          bool any_visible = false;
+          bool needs_mask = false;
+          for (int r = 0; r < Tile::mr; ++r) {
+            q_tile[r] = q_rows + (row0 + r) * shape_.head_dim;
+            if (r >= tile_rows) continue;
+            const Index pos = first_pos + (t + r) / plan_.group;
+            const tile::KeyRange seen = Mask::visible(pos, seq.q_len, seq.kv_len);
+            ranges[r] = {std::max(seen.begin, block), std::min(seen.end, block + keys)};
+            any_visible |= ranges[r].begin < ranges[r].end;
+            needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
+          }
+          if (!any_visible) continue;
+          if (plan_.stream_keys)
+            tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
+              tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, keys, shape_.head_dim, scores, lds);
+            });
+          else
+            tile::score_block<V>(q_tile, packed_k, shape_.head_dim, padded_keys, scores, lds);
+          for (Index r = 0; r < tile_rows; ++r) {
+            float* s = scores + r * lds;
+            if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
+            const float rescale = tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[row0 + r]);
+            if (rescale != 1.0f) tile::scale_row<V>(acc + (row0 + r) * ldo, ldo, rescale);
+          }
+          if (plan_.stream_keys)
+            tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
+              tile::accumulate_pv<V, rows()>(scores, lds, v_block, ldv, keys, shape_.v_dim, acc + row0 * ldo, ldo);
+            });
+          else
+            tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys, ldo / Tile::cols, acc + row0 * ldo, ldo);
         }
-        tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys, ldo / Tile::cols, acc + t * ldo, ldo);
       }
     }
     if (plan_.splits > 1) return;
-    for (Index r = 0; r < rows; ++r) {
-      const Index pos = first_pos + r / plan_.group;
-      const Index out_head = kv_group * plan_.group + r % plan_.group;
-      float* out_row = out_.at(seq.batch, seq.q_begin + pos, out_head, 0);
-      const float lse = tile::finalize_row<V>(acc + r * ldo, shape_.v_dim, states[r], out_row);
-      if (lse_.data() != nullptr) lse_(seq.batch, seq.q_begin + pos, out_head) = lse;
-    }
+    for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, float* out_row, float* lse) {
+      const float row_lse = tile::finalize_row<V>(acc + row * ldo, shape_.v_dim, states[row], out_row);
+      if (lse != nullptr) *lse = row_lse;
+    });
   }
 
-  // Items of the merge pass: (sequence, kv head, query chunk); only when splits > 1.
+  // Items of the merge pass: (sequence, kv heads, query chunk); only when splits > 1.
   Index merge_items() const { return plan_.items / plan_.splits; }
 
   void merge_item(Index item) const {
     const Index chunk = item % plan_.chunks;
-    const Index kv_group = item / plan_.chunks % plan_.kv_groups;
-    const Sequence seq = seqs_[item / plan_.chunks / plan_.kv_groups];
+    const Index first_group = item / plan_.chunks % plan_.item_groups * plan_.groups_per_item;
+    const Sequence seq = seqs_[item / plan_.chunks / plan_.item_groups];
     const Index first_pos = chunk * plan_.q_chunk;
     const Index end_pos = std::min(first_pos + plan_.q_chunk, seq.q_len);
     // Split items of this chunk are consecutive; run_item numbers chunks from the end.
     const Index first_split_item =
         ((item / plan_.chunks) * plan_.chunks + (plan_.chunks - 1 - chunk)) * plan_.splits;
     const Index acc_stride = plan_.rows * plan_.acc_cols;
-    for (Index r = 0; r < (end_pos - first_pos) * plan_.group; ++r) {
-      const Index pos = first_pos + r / plan_.group;
-      const Index out_head = kv_group * plan_.group + r % plan_.group;
-      float* out_row = out_.at(seq.batch, seq.q_begin + pos, out_head, 0);
-      const float lse = tile::merge_partial_rows<V>(
-          partial_acc_ + first_split_item * acc_stride + r * plan_.acc_cols, acc_stride,
-          partial_rows_ + first_split_item * plan_.rows + r, plan_.rows, plan_.splits, shape_.v_dim, out_row);
-      if (lse_.data() != nullptr) lse_(seq.batch, seq.q_begin + pos, out_head) = lse;
-    }
+    for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, float* out_row, float* lse) {
+      const float row_lse = tile::merge_partial_rows<V>(
+          partial_acc_ + first_split_item * acc_stride + row * plan_.acc_cols, acc_stride,
+          partial_rows_ + first_split_item * plan_.rows + row, plan_.rows, plan_.splits, shape_.v_dim, out_row);
+      if (lse != nullptr) *lse = row_lse;
+    });
   }
 
  private:
+  // Calls f(item row, output row, log-sum-exp slot or null) for every real row of an item.
+  template <class F>
+  void for_each_row(const Sequence& seq, Index first_group, Index first_pos, Index end_pos, F&& f) const {
+    const Index group_rows = (end_pos - first_pos) * plan_.group;
+    for (Index g = 0; g < plan_.groups_per_item; ++g)
+      for (Index r = 0; r < group_rows; ++r) {
+        const Index pos = seq.q_begin + first_pos + r / plan_.group;
+        const Index out_head = (first_group + g) * plan_.group + r % plan_.group;
+        f(g * plan_.group_rows + r, out_.at(seq.batch, pos, out_head, 0),
+          lse_.data() != nullptr ? lse_.at(seq.batch, pos, out_head) : nullptr);
+      }
+  }
+
   View<const float, 4> q_, k_, v_;
   View<float, 4> out_;
   View<float, 3> lse_;

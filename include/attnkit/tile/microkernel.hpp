@@ -2,9 +2,13 @@
 // VecOps<V> so Scalar (V = float) and every xsimd architecture share them.
 //   score_*:  S = Q · Kᵀ with K packed in panels of RegisterTile<V>::cols keys (see pack.hpp);
 //             Q rows are broadcast one element at a time, so head_dim needs no padding.
+//   score_rows_in_place:  S = Q · Kᵀ with K rows read where they are, vectorised along
+//             head_dim: for a few query rows (decode) streaming K once beats packing it.
 //   accumulate_pv_*:  O += P · V with V packed in strips (see pack.hpp) or rows read in place.
 // Tiles always compute mr rows: callers point unused rows at a zero row / padding rows.
 #pragma once
+
+#include <type_traits>
 
 #include "attnkit/backend/vec.hpp"
 #include "attnkit/core/view.hpp"
@@ -43,6 +47,39 @@ inline void score_block(const float* const* q_rows, const float* packed_k, Index
     score_panel<V, Tile::mr, Tile::nr>(q_rows, packed_k + c * head_dim, head_dim, s + c, lds);
 }
 
+// s[r][j] = Σ_d q_rows[r][d] · k[j][d] for j < keys; k rows `ldk` apart, read in place, two
+// keys at a time. q_rows: MR pointers to (head_dim) rows; s: (MR, lds).
+template <class V, int MR>
+inline void score_rows_in_place(const float* const* q_rows, const float* k, Index ldk, Index keys,
+                                Index head_dim, float* s, Index lds) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  const Index vector_dims = head_dim / W * W;
+  for (Index j = 0; j < keys; j += 2) {
+    const float* k0 = k + j * ldk;
+    const float* k1 = j + 1 < keys ? k0 + ldk : k0;
+    V acc0[MR], acc1[MR];
+    for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = Ops::zero();
+    for (Index d = 0; d < vector_dims; d += W) {
+      const V a = Ops::load(k0 + d), b = Ops::load(k1 + d);
+      for (int r = 0; r < MR; ++r) {
+        const V q = Ops::load(q_rows[r] + d);
+        acc0[r] = Ops::fma(q, a, acc0[r]);
+        acc1[r] = Ops::fma(q, b, acc1[r]);
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      float dot0 = Ops::sum(acc0[r]), dot1 = Ops::sum(acc1[r]);
+      for (Index d = vector_dims; d < head_dim; ++d) {
+        dot0 += q_rows[r][d] * k0[d];
+        dot1 += q_rows[r][d] * k1[d];
+      }
+      s[r * lds + j] = dot0;
+      if (j + 1 < keys) s[r * lds + j + 1] = dot1;
+    }
+  }
+}
+
 // o[r][c] += Σ_j p[r][j] · v[j][c] for an (MR, NR * W) strip of the output.
 // p: (MR, ldp); v: rows j at v + j * ldv; o: (MR, ldo).
 template <class V, int MR, int NR>
@@ -78,19 +115,29 @@ inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_
 
 // O (MR, v_dim) += P (MR, keys) · V (keys, v_dim) with V rows read in place: full strips, then
 // single vectors, then a scalar tail, so any v_dim works without reading past a row.
-template <class V>
+template <class V, int MR = RegisterTile<V>::mr>
 inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, Index keys,
                           Index v_dim, float* o, Index ldo) {
   using Tile = RegisterTile<V>;
   constexpr int W = Tile::width;
   Index c = 0;
   for (; c + Tile::cols <= v_dim; c += Tile::cols)
-    accumulate_pv_strip<V, Tile::mr, Tile::nr>(p, ldp, v + c, ldv, keys, o + c, ldo);
+    accumulate_pv_strip<V, MR, Tile::nr>(p, ldp, v + c, ldv, keys, o + c, ldo);
   if constexpr (Tile::nr > 1)
     for (; c + W <= v_dim; c += W)
-      accumulate_pv_strip<V, Tile::mr, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+      accumulate_pv_strip<V, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
   if constexpr (W > 1)
-    for (; c < v_dim; ++c) accumulate_pv_strip<float, Tile::mr, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+    for (; c < v_dim; ++c) accumulate_pv_strip<float, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+}
+
+// Calls f(std::integral_constant<int, M>{}) with M = rows, for rows in [1, Max]: runs a
+// micro-kernel instantiated for exactly the rows a tile has.
+template <int Max, class F>
+inline void with_tile_rows(Index rows, F&& f) {
+  if constexpr (Max > 1) {
+    if (rows < Max) return with_tile_rows<Max - 1>(rows, f);
+  }
+  f(std::integral_constant<int, Max>{});
 }
 
 }  // namespace attnkit::tile
