@@ -151,6 +151,18 @@ TEMPLATE_LIST_TEST_CASE("dense edge cases", "[dense]", ak::test::Backends) {
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("dense decode for every group size (rows per kv head 1 to 9)", "[dense]",
+                        ak::test::Backends) {
+  // Up to one register tile of rows per kv head reads K / V in place, more packs them; both split
+  // the keys past 4096.
+  for (Index group = 1; group <= 9; ++group) {
+    check_dense<TestType>({.q_len = 1, .kv_len = 300, .q_heads = 2 * group, .kv_heads = 2, .head_dim = 20,
+                           .causal = true, .seed = std::uint32_t(group)});
+    check_dense<TestType>({.batch = 2, .q_len = 1, .kv_len = 4500, .q_heads = 3 * group, .kv_heads = 3,
+                           .head_dim = 12, .layout = Layout::kBhsd, .seed = std::uint32_t(50 + group)});
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("dense with padded lengths per batch entry", "[dense]", ak::test::Backends) {
   check_dense<TestType>({.batch = 3, .q_len = 30, .kv_len = 50, .q_heads = 4, .kv_heads = 2, .head_dim = 16,
                          .q_lengths = {30, 0, 11}, .kv_lengths = {50, 7, 0}});
