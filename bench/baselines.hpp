@@ -99,8 +99,8 @@ class BlasUnfused {
     for (Index h = 0; h < s.heads; ++h) {
       float* scores = scores_[omp_get_thread_num()].data();
       const Index offset = h * s.head_dim;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, d, scale, q + offset, ld, k + offset, ld, 0.0f,
-                  scores, m);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, d, scale, q + offset, ld, k + offset, ld, 0.0f, scores,
+                  m);
       if (s.causal) mask_causal(scores, s.q_len, s.kv_len);
       softmax_rows(scores, s.q_len, s.kv_len);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, m, 1.0f, scores, m, v + offset, ld, 0.0f,
@@ -120,8 +120,8 @@ class Sgemm {
   explicit Sgemm(Index n) : n_(n), a_(n * n, 0.5f), b_(n * n, 0.25f), c_(n * n) { openblas_set_num_threads(1); }
   void operator()() {
     const int n = static_cast<int>(n_);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a_.data(), n, b_.data(), n, 0.0f,
-                c_.data(), n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a_.data(), n, b_.data(), n, 0.0f, c_.data(),
+                n);
   }
   double flops() const { return 2.0 * n_ * n_ * n_; }
 

@@ -57,31 +57,39 @@ void set_counters(bm::State& state, const ak::Cost& cost) {
 
 template <class Unfused>
 void register_baseline(const std::string& name, const Prefill& p, const ak::bench::UnfusedShape& shape) {
-  bm::RegisterBenchmark(name.c_str(), [p, shape](bm::State& state) {
-    Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
-    const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim);  // cost counted as for attnkit
-    const double flops = ak::Attention<ak::Dense>(ak::Dense::Options{.causal = p.causal}).cost(q, q, q).flops;
-    Unfused run(shape, p.threads);
-    for (auto _ : state) run(in.q.data(), in.k.data(), in.v.data(), in.out.data());
-    state.counters["GFLOPS"] = bm::Counter(flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
-  })->UseRealTime()->Unit(bm::kMillisecond);
+  bm::RegisterBenchmark(name.c_str(),
+                        [p, shape](bm::State& state) {
+                          Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
+                          const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim);  // cost counted as for attnkit
+                          const double flops =
+                              ak::Attention<ak::Dense>(ak::Dense::Options{.causal = p.causal}).cost(q, q, q).flops;
+                          Unfused run(shape, p.threads);
+                          for (auto _ : state) run(in.q.data(), in.k.data(), in.v.data(), in.out.data());
+                          state.counters["GFLOPS"] = bm::Counter(flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
+                        })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
 }
 
 void register_prefill(const Prefill& p, bool baselines) {
-  bm::RegisterBenchmark(("attnkit/" + p.name()).c_str(), [p](bm::State& state) {
-    Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
-    ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = p.causal}, ak::OpenMP<>{p.threads});
-    const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim), k = ak::bshd(in.k.data(), 1, p.n, kHeads, p.dim),
-               v = ak::bshd(in.v.data(), 1, p.n, kHeads, p.dim);
-    const auto out = ak::bshd(in.out.data(), 1, p.n, kHeads, p.dim);
-    std::vector<std::byte> workspace_owner(attn.workspace_bytes(q, k, v) + 64);
-    void* aligned = workspace_owner.data();
-    std::size_t space = workspace_owner.size();
-    std::align(64, space - 64, aligned, space);
-    const ak::Workspace workspace{aligned, space};
-    for (auto _ : state) attn(q, k, v, out, {.workspace = workspace});
-    set_counters(state, attn.cost(q, k, v));
-  })->UseRealTime()->Unit(bm::kMillisecond);
+  bm::RegisterBenchmark(
+      ("attnkit/" + p.name()).c_str(),
+      [p](bm::State& state) {
+        Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
+        ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = p.causal}, ak::OpenMP<>{p.threads});
+        const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim), k = ak::bshd(in.k.data(), 1, p.n, kHeads, p.dim),
+                   v = ak::bshd(in.v.data(), 1, p.n, kHeads, p.dim);
+        const auto out = ak::bshd(in.out.data(), 1, p.n, kHeads, p.dim);
+        std::vector<std::byte> workspace_owner(attn.workspace_bytes(q, k, v) + 64);
+        void* aligned = workspace_owner.data();
+        std::size_t space = workspace_owner.size();
+        std::align(64, space - 64, aligned, space);
+        const ak::Workspace workspace{aligned, space};
+        for (auto _ : state) attn(q, k, v, out, {.workspace = workspace});
+        set_counters(state, attn.cost(q, k, v));
+      })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
   if (!baselines) return;
   const ak::bench::UnfusedShape shape{kHeads, p.n, p.n, p.dim, p.causal};
   register_baseline<ak::bench::EigenUnfused>("eigen/" + p.name(), p, shape);
@@ -89,32 +97,44 @@ void register_prefill(const Prefill& p, bool baselines) {
 }
 
 void register_decode(const Decode& d) {
-  bm::RegisterBenchmark(("attnkit/" + d.name()).c_str(), [d](bm::State& state) {
-    Inputs in(1, d.kv_len, d.q_heads, d.kv_heads, d.dim);
-    ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = true}, ak::OpenMP<>{d.threads});
-    const auto q = ak::bshd(in.q.data(), 1, 1, d.q_heads, d.dim);
-    const auto k = ak::bshd(in.k.data(), 1, d.kv_len, d.kv_heads, d.dim);
-    const auto v = ak::bshd(in.v.data(), 1, d.kv_len, d.kv_heads, d.dim);
-    const auto out = ak::bshd(in.out.data(), 1, 1, d.q_heads, d.dim);
-    for (auto _ : state) attn(q, k, v, out);
-    const ak::Cost cost = attn.cost(q, k, v);
-    set_counters(state, cost);
-    state.counters["kv_bytes"] = 2.0 * sizeof(float) * d.kv_len * d.kv_heads * d.dim;
-  })->UseRealTime()->Unit(bm::kMillisecond);
+  bm::RegisterBenchmark(("attnkit/" + d.name()).c_str(),
+                        [d](bm::State& state) {
+                          Inputs in(1, d.kv_len, d.q_heads, d.kv_heads, d.dim);
+                          ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = true},
+                                                                      ak::OpenMP<>{d.threads});
+                          const auto q = ak::bshd(in.q.data(), 1, 1, d.q_heads, d.dim);
+                          const auto k = ak::bshd(in.k.data(), 1, d.kv_len, d.kv_heads, d.dim);
+                          const auto v = ak::bshd(in.v.data(), 1, d.kv_len, d.kv_heads, d.dim);
+                          const auto out = ak::bshd(in.out.data(), 1, 1, d.q_heads, d.dim);
+                          for (auto _ : state) attn(q, k, v, out);
+                          const ak::Cost cost = attn.cost(q, k, v);
+                          set_counters(state, cost);
+                          state.counters["kv_bytes"] = 2.0 * sizeof(float) * d.kv_len * d.kv_heads * d.dim;
+                        })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
 }
 
 void register_yardsticks(const std::vector<int>& threads) {
-  bm::RegisterBenchmark("openblas/sgemm 2048^3 T1", [](bm::State& state) {
-    ak::bench::Sgemm gemm(2048);
-    for (auto _ : state) gemm();
-    state.counters["GFLOPS"] = bm::Counter(gemm.flops() * 1e-9, bm::Counter::kIsIterationInvariantRate);
-  })->UseRealTime()->Unit(bm::kMillisecond);
+  bm::RegisterBenchmark("openblas/sgemm 2048^3 T1",
+                        [](bm::State& state) {
+                          ak::bench::Sgemm gemm(2048);
+                          for (auto _ : state) gemm();
+                          state.counters["GFLOPS"] =
+                              bm::Counter(gemm.flops() * 1e-9, bm::Counter::kIsIterationInvariantRate);
+                        })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
   for (int t : threads)
-    bm::RegisterBenchmark(("stream/triad T" + std::to_string(t)).c_str(), [t](bm::State& state) {
-      ak::bench::StreamTriad triad(Index(1) << 25, t);
-      for (auto _ : state) triad();
-      state.counters["GBps"] = bm::Counter(triad.bytes() * 1e-9, bm::Counter::kIsIterationInvariantRate);
-    })->UseRealTime()->Unit(bm::kMillisecond);
+    bm::RegisterBenchmark(("stream/triad T" + std::to_string(t)).c_str(),
+                          [t](bm::State& state) {
+                            ak::bench::StreamTriad triad(Index(1) << 25, t);
+                            for (auto _ : state) triad();
+                            state.counters["GBps"] =
+                                bm::Counter(triad.bytes() * 1e-9, bm::Counter::kIsIterationInvariantRate);
+                          })
+        ->UseRealTime()
+        ->Unit(bm::kMillisecond);
 }
 
 void print_table(const ak::bench::CollectingReporter& reporter) {
@@ -127,7 +147,8 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
   };
   double sgemm = 0;
   if (auto* m = find("sgemm 2048^3 T1", "openblas")) sgemm = m->counters.at("GFLOPS");
-  std::printf("\nattnkit dense, batch 1, fp32 (GFLOP/s = cost().flops / time; ratios = baseline time / attnkit time)\n");
+  std::printf(
+      "\nattnkit dense, batch 1, fp32 (GFLOP/s = cost().flops / time; ratios = baseline time / attnkit time)\n");
   if (sgemm > 0) std::printf("OpenBLAS sgemm 2048^3, 1 thread: %.1f GFLOP/s\n", sgemm);
   std::printf("%-34s %10s %9s %10s %9s %10s %9s %9s\n", "case", "attnkit ms", "GFLOP/s", "eigen ms", "vs eigen",
               "blas ms", "vs blas", "vs sgemm");
@@ -143,12 +164,10 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
       else
         std::printf(" %10s %9s", "-", "-");
     }
-    if (sgemm > 0 && shape.find(" T1") != std::string::npos)
-      std::printf(" %8.2fx", gflops / sgemm);
+    if (sgemm > 0 && shape.find(" T1") != std::string::npos) std::printf(" %8.2fx", gflops / sgemm);
     std::printf("\n");
   }
-  std::printf("\n%-34s %10s %9s %12s %14s\n", "decode case", "attnkit ms", "K+V GB/s", "stream GB/s",
-              "time / stream");
+  std::printf("\n%-34s %10s %9s %12s %14s\n", "decode case", "attnkit ms", "K+V GB/s", "stream GB/s", "time / stream");
   for (const auto& [shape, impls] : results) {
     if (shape.rfind("decode", 0) != 0) continue;
     const auto* ours = find(shape, "attnkit");

@@ -130,9 +130,20 @@ TEMPLATE_LIST_TEST_CASE("dense edge cases", "[dense]", ak::test::Backends) {
     check_dense<TestType>({.q_len = 60, .kv_len = 23, .q_heads = 2, .head_dim = 32, .causal = true});
   }
   SECTION("strided layouts") {
-    check_dense<TestType>({.batch = 2, .q_len = 33, .kv_len = 70, .q_heads = 4, .kv_heads = 2, .head_dim = 20,
-                           .causal = true, .layout = Layout::kBhsd});
-    check_dense<TestType>({.batch = 2, .q_len = 33, .kv_len = 70, .q_heads = 4, .kv_heads = 2, .head_dim = 20,
+    check_dense<TestType>({.batch = 2,
+                           .q_len = 33,
+                           .kv_len = 70,
+                           .q_heads = 4,
+                           .kv_heads = 2,
+                           .head_dim = 20,
+                           .causal = true,
+                           .layout = Layout::kBhsd});
+    check_dense<TestType>({.batch = 2,
+                           .q_len = 33,
+                           .kv_len = 70,
+                           .q_heads = 4,
+                           .kv_heads = 2,
+                           .head_dim = 20,
                            .layout = Layout::kPaddedStrides});
   }
   SECTION("large logits (scores around 1e4)") {
@@ -146,28 +157,50 @@ TEMPLATE_LIST_TEST_CASE("dense edge cases", "[dense]", ak::test::Backends) {
   }
   SECTION("key splits for decode, with GQA and a causal tail") {
     check_dense<TestType>({.q_len = 1, .kv_len = 5000, .q_heads = 8, .kv_heads = 2, .head_dim = 32});
-    check_dense<TestType>({.batch = 2, .q_len = 3, .kv_len = 4200, .q_heads = 4, .kv_heads = 2, .head_dim = 16,
-                           .causal = true});
+    check_dense<TestType>(
+        {.batch = 2, .q_len = 3, .kv_len = 4200, .q_heads = 4, .kv_heads = 2, .head_dim = 16, .causal = true});
   }
 }
 
-TEMPLATE_LIST_TEST_CASE("dense decode for every group size (rows per kv head 1 to 9)", "[dense]",
-                        ak::test::Backends) {
+TEMPLATE_LIST_TEST_CASE("dense decode for every group size (rows per kv head 1 to 9)", "[dense]", ak::test::Backends) {
   // Up to one register tile of rows per kv head reads K / V in place, more packs them; both split
   // the keys past 4096.
   for (Index group = 1; group <= 9; ++group) {
-    check_dense<TestType>({.q_len = 1, .kv_len = 300, .q_heads = 2 * group, .kv_heads = 2, .head_dim = 20,
-                           .causal = true, .seed = std::uint32_t(group)});
-    check_dense<TestType>({.batch = 2, .q_len = 1, .kv_len = 4500, .q_heads = 3 * group, .kv_heads = 3,
-                           .head_dim = 12, .layout = Layout::kBhsd, .seed = std::uint32_t(50 + group)});
+    check_dense<TestType>({.q_len = 1,
+                           .kv_len = 300,
+                           .q_heads = 2 * group,
+                           .kv_heads = 2,
+                           .head_dim = 20,
+                           .causal = true,
+                           .seed = std::uint32_t(group)});
+    check_dense<TestType>({.batch = 2,
+                           .q_len = 1,
+                           .kv_len = 4500,
+                           .q_heads = 3 * group,
+                           .kv_heads = 3,
+                           .head_dim = 12,
+                           .layout = Layout::kBhsd,
+                           .seed = std::uint32_t(50 + group)});
   }
 }
 
 TEMPLATE_LIST_TEST_CASE("dense with padded lengths per batch entry", "[dense]", ak::test::Backends) {
-  check_dense<TestType>({.batch = 3, .q_len = 30, .kv_len = 50, .q_heads = 4, .kv_heads = 2, .head_dim = 16,
-                         .q_lengths = {30, 0, 11}, .kv_lengths = {50, 7, 0}});
-  check_dense<TestType>({.batch = 3, .q_len = 30, .kv_len = 50, .q_heads = 2, .head_dim = 16, .causal = true,
-                         .q_lengths = {12, 30, 1}, .kv_lengths = {40, 9, 50}});
+  check_dense<TestType>({.batch = 3,
+                         .q_len = 30,
+                         .kv_len = 50,
+                         .q_heads = 4,
+                         .kv_heads = 2,
+                         .head_dim = 16,
+                         .q_lengths = {30, 0, 11},
+                         .kv_lengths = {50, 7, 0}});
+  check_dense<TestType>({.batch = 3,
+                         .q_len = 30,
+                         .kv_len = 50,
+                         .q_heads = 2,
+                         .head_dim = 16,
+                         .causal = true,
+                         .q_lengths = {12, 30, 1},
+                         .kv_lengths = {40, 9, 50}});
 }
 
 TEMPLATE_LIST_TEST_CASE("dense on packed variable-length sequences", "[dense]", ak::test::Backends) {
@@ -175,7 +208,8 @@ TEMPLATE_LIST_TEST_CASE("dense on packed variable-length sequences", "[dense]", 
   const Index q_heads = 4, kv_heads = 2, dim = 24, tokens_q = 46, tokens_kv = 171;
   for (bool causal : {false, true}) {
     INFO("causal " << causal);
-    std::vector<float> q = ak::test::uniform(tokens_q * q_heads * dim, 7), k = ak::test::uniform(tokens_kv * kv_heads * dim, 8),
+    std::vector<float> q = ak::test::uniform(tokens_q * q_heads * dim, 7),
+                       k = ak::test::uniform(tokens_kv * kv_heads * dim, 8),
                        v = ak::test::uniform(tokens_kv * kv_heads * dim, 9), out(tokens_q * q_heads * dim);
     std::vector<float> lse(tokens_q * q_heads);
     ak::Attention<ak::Dense, TestType> attn(ak::Dense::Options{.causal = causal});
@@ -206,9 +240,9 @@ TEMPLATE_LIST_TEST_CASE("dense on packed variable-length sequences", "[dense]", 
 }
 
 TEST_CASE("dense results are bitwise equal across backends and thread counts", "[dense]") {
-  for (const DenseCase& c : {DenseCase{.batch = 2, .q_len = 300, .kv_len = 333, .q_heads = 4, .kv_heads = 2,
-                                      .head_dim = 40, .causal = true},
-                             DenseCase{.q_len = 2, .kv_len = 9000, .q_heads = 8, .kv_heads = 2, .head_dim = 32}}) {
+  for (const DenseCase& c :
+       {DenseCase{.batch = 2, .q_len = 300, .kv_len = 333, .q_heads = 4, .kv_heads = 2, .head_dim = 40, .causal = true},
+        DenseCase{.q_len = 2, .kv_len = 9000, .q_heads = 8, .kv_heads = 2, .head_dim = 32}}) {
     const std::vector<float> one = check_dense<ak::Simd<>>(c);
     const std::vector<float> single = check_dense<ak::OpenMP<>>(c, ak::OpenMP<>{.num_threads = 1});
     const std::vector<float> pair = check_dense<ak::OpenMP<>>(c, ak::OpenMP<>{.num_threads = 2});
@@ -222,8 +256,9 @@ TEST_CASE("dense workspace is O(tile) and sufficient at kv_len 32768", "[dense]"
   ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = true});
   // Prefill at 32768 x 32768: the workspace does not grow with q_len * kv_len (4 GiB per head).
   const float* none = reinterpret_cast<const float*>(16);
-  const std::size_t prefill = attn.workspace_bytes(ak::bshd(none, 1, kv_len, heads, dim),
-                                                   ak::bshd(none, 1, kv_len, heads, dim), ak::bshd(none, 1, kv_len, heads, dim));
+  const std::size_t prefill =
+      attn.workspace_bytes(ak::bshd(none, 1, kv_len, heads, dim), ak::bshd(none, 1, kv_len, heads, dim),
+                           ak::bshd(none, 1, kv_len, heads, dim));
   INFO("prefill workspace " << prefill << " bytes");
   CHECK(prefill <= std::size_t(ak::OpenMP<>{}.threads()) * (std::size_t(1) << 20));  // <= 1 MiB per thread
   CHECK(prefill * 1000 < std::size_t(kv_len) * kv_len * sizeof(float));
@@ -237,9 +272,9 @@ TEST_CASE("dense workspace is O(tile) and sufficient at kv_len 32768", "[dense]"
   INFO("decode workspace " << bytes << " bytes");
   CHECK(bytes < std::size_t(kv_len) * 64 * sizeof(float));
   struct Free {
-    void operator()(void* p) const { ::operator delete(p, std::align_val_t{64}); }
+    void operator()(void* p) const { ::operator delete (p, std::align_val_t{64}); }
   };
-  std::unique_ptr<void, Free> block(::operator new(bytes, std::align_val_t{64}));
+  std::unique_ptr<void, Free> block(::operator new (bytes, std::align_val_t{64}));
   attn(in.q.view, in.k.view, in.v.view, out_view, {.workspace = {block.get(), bytes}});
   std::vector<double> exact(out.size());
   ak::reference::dense<double>(in.q.view, in.k.view, in.v.view, ak::bshd(exact.data(), 1, 1, 4, 64),
@@ -268,8 +303,7 @@ TEST_CASE("dense rejects bad input with a message naming the argument", "[dense]
   CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(p, 2, 4, 2, 8)), Contains("out: heads 2, expected 4"));
   CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(p, 2, 3, 4, 8)), Contains("out: seq 3, expected 4"));
   CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(p, 2, 4, 4, 4)), Contains("out: head_dim 4, expected 8"));
-  CHECK_THROWS_WITH(attn(ak::bshd(static_cast<float*>(nullptr), 2, 4, 4, 8), k, v, out),
-                    Contains("q: data is null"));
+  CHECK_THROWS_WITH(attn(ak::bshd(static_cast<float*>(nullptr), 2, 4, 4, 8), k, v, out), Contains("q: data is null"));
   CHECK_THROWS_WITH(attn(q, k, v, ak::View<float, 4>(p, {2, 4, 4, 8}, {128, 32, 8, 2})),
                     Contains("out: stride of the last axis is 2, expected 1"));
   CHECK_THROWS_WITH(attn(q, ak::View<float, 4>(p, {2, 6, 2, 8}, {96, -16, 8, 1}), v, out),
@@ -280,7 +314,8 @@ TEST_CASE("dense rejects bad input with a message naming the argument", "[dense]
                     Contains("options.scale is nan"));
   const std::vector<std::int32_t> one_length{4}, too_long{4, 9};
   CHECK_THROWS_WITH(attn(q, k, v, out, {.lengths = {.q = one_length}}), Contains("lengths.q: 1 entries, expected 2"));
-  CHECK_THROWS_WITH(attn(q, k, v, out, {.lengths = {.kv = too_long}}), Contains("lengths.kv[1] is 9, expected in [0, 6]"));
+  CHECK_THROWS_WITH(attn(q, k, v, out, {.lengths = {.kv = too_long}}),
+                    Contains("lengths.kv[1] is 9, expected in [0, 6]"));
   std::vector<float> lse(32);
   CHECK_THROWS_WITH(attn(q, k, v, out, {.lse = ak::View<float, 3>::contiguous(lse.data(), {2, 4, 2})}),
                     Contains("args.lse: extent 2 is 2, expected 4"));

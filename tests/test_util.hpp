@@ -2,8 +2,8 @@
 // tolerance rule of design.md section 4.
 #pragma once
 
-#include <attnkit/attnkit.hpp>
 #include <algorithm>
+#include <attnkit/attnkit.hpp>
 #include <cmath>
 #include <cstdint>
 #include <random>

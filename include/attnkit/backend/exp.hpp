@@ -26,7 +26,7 @@ xsimd::batch<float, Arch> exp_approx(const xsimd::batch<float, Arch>& x) {
   const Ints n = xsimd::nearbyint_as_int(clamped * Floats(1.44269504088896341f));
   const Floats nf = xsimd::to_float(n);
   Floats r = xsimd::fma(nf, Floats(-0.693359375f), clamped);  // ln2 split: high part exact
-  r = xsimd::fma(nf, Floats(2.12194440e-4f), r);                // ... and the low part
+  r = xsimd::fma(nf, Floats(2.12194440e-4f), r);              // ... and the low part
   Floats poly(1.9875691500e-4f);
   poly = xsimd::fma(poly, r, Floats(1.3981999507e-3f));
   poly = xsimd::fma(poly, r, Floats(8.3334519073e-3f));

@@ -27,7 +27,7 @@ template <class... Parts>
 }  // namespace attnkit
 
 // Throws attnkit::Error with the streamed message parts when cond is false.
-#define ATTNKIT_CHECK(cond, ...)                 \
-  do {                                           \
+#define ATTNKIT_CHECK(cond, ...)                       \
+  do {                                                 \
     if (!(cond)) ::attnkit::detail::fail(__VA_ARGS__); \
   } while (0)

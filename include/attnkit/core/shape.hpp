@@ -42,15 +42,14 @@ inline HeadMap make_head_map(Index q_heads, Index kv_heads) {
 template <class T, int Rank>
 void check_view(const View<T, Rank>& view, const char* name) {
   for (int axis = 0; axis < Rank; ++axis) {
-    ATTNKIT_CHECK(view.extent(axis) >= 0, name, ": extent ", axis, " is ", view.extent(axis),
-                  ", expected >= 0");
+    ATTNKIT_CHECK(view.extent(axis) >= 0, name, ": extent ", axis, " is ", view.extent(axis), ", expected >= 0");
     ATTNKIT_CHECK(view.stride(axis) >= 0, name, ": stride ", axis, " is ", view.stride(axis),
                   ", expected >= 0 (negative strides are not supported)");
   }
   if (view.empty()) return;
   ATTNKIT_CHECK(view.data() != nullptr, name, ": data is null, expected ", view.size(), " elements");
-  ATTNKIT_CHECK(view.extent(Rank - 1) == 1 || view.stride(Rank - 1) == 1, name,
-                ": stride of the last axis is ", view.stride(Rank - 1), ", expected 1");
+  ATTNKIT_CHECK(view.extent(Rank - 1) == 1 || view.stride(Rank - 1) == 1, name, ": stride of the last axis is ",
+                view.stride(Rank - 1), ", expected 1");
 }
 
 // Shape of a (batch, seq, head, dim) attention problem.
@@ -79,11 +78,9 @@ inline AttentionShape attention_shape(const View<const float, 4>& q, const View<
   ATTNKIT_CHECK(k.extent(0) == s.batch, "k: batch ", k.extent(0), ", expected ", s.batch, " (q's batch)");
   ATTNKIT_CHECK(v.extent(0) == s.batch, "v: batch ", v.extent(0), ", expected ", s.batch, " (q's batch)");
   ATTNKIT_CHECK(s.head_dim >= 1, "q: head_dim ", s.head_dim, ", expected >= 1");
-  ATTNKIT_CHECK(k.extent(3) == s.head_dim, "k: head_dim ", k.extent(3), ", expected ", s.head_dim,
-                " (q's head_dim)");
+  ATTNKIT_CHECK(k.extent(3) == s.head_dim, "k: head_dim ", k.extent(3), ", expected ", s.head_dim, " (q's head_dim)");
   ATTNKIT_CHECK(v.extent(1) == s.kv_len, "v: seq ", v.extent(1), ", expected ", s.kv_len, " (k's seq)");
-  ATTNKIT_CHECK(v.extent(2) == k.extent(2), "v: heads ", v.extent(2), ", expected ", k.extent(2),
-                " (k's heads)");
+  ATTNKIT_CHECK(v.extent(2) == k.extent(2), "v: heads ", v.extent(2), ", expected ", k.extent(2), " (k's heads)");
   ATTNKIT_CHECK(s.v_dim >= 1, "v: head_dim ", s.v_dim, ", expected >= 1");
   s.heads = make_head_map(q.extent(2), k.extent(2));
   if (out != nullptr) {
@@ -91,8 +88,8 @@ inline AttentionShape attention_shape(const View<const float, 4>& q, const View<
     const std::array<Index, 4> expected{s.batch, s.q_len, s.heads.out_heads(), s.v_dim};
     const char* axes[4] = {"batch", "seq", "heads", "head_dim"};
     for (int axis = 0; axis < 4; ++axis)
-      ATTNKIT_CHECK(out->extent(axis) == expected[axis], "out: ", axes[axis], " ", out->extent(axis),
-                    ", expected ", expected[axis]);
+      ATTNKIT_CHECK(out->extent(axis) == expected[axis], "out: ", axes[axis], " ", out->extent(axis), ", expected ",
+                    expected[axis]);
   }
   return s;
 }
@@ -139,8 +136,8 @@ class SequenceLayout {
   // q_tokens / kv_tokens: extents of the packed views' token axes.
   static SequenceLayout packed(CuSeqlens cu, Index q_tokens, Index kv_tokens) {
     ATTNKIT_CHECK(!cu.q.empty(), "cu_seqlens.q: empty, expected sequences + 1 offsets");
-    ATTNKIT_CHECK(cu.kv.size() == cu.q.size(), "cu_seqlens.kv: ", cu.kv.size(), " offsets, expected ",
-                  cu.q.size(), " (as cu_seqlens.q)");
+    ATTNKIT_CHECK(cu.kv.size() == cu.q.size(), "cu_seqlens.kv: ", cu.kv.size(), " offsets, expected ", cu.q.size(),
+                  " (as cu_seqlens.q)");
     check_offsets(cu.q, q_tokens, "cu_seqlens.q");
     check_offsets(cu.kv, kv_tokens, "cu_seqlens.kv");
     SequenceLayout layout;
@@ -170,14 +167,13 @@ class SequenceLayout {
   }
 
  private:
-  static void check_lengths(std::span<const std::int32_t> lengths, Index batch, Index extent,
-                            const char* name) {
+  static void check_lengths(std::span<const std::int32_t> lengths, Index batch, Index extent, const char* name) {
     if (lengths.empty()) return;
-    ATTNKIT_CHECK(static_cast<Index>(lengths.size()) == batch, name, ": ", lengths.size(),
-                  " entries, expected ", batch, " (batch)");
+    ATTNKIT_CHECK(static_cast<Index>(lengths.size()) == batch, name, ": ", lengths.size(), " entries, expected ", batch,
+                  " (batch)");
     for (std::size_t b = 0; b < lengths.size(); ++b)
-      ATTNKIT_CHECK(lengths[b] >= 0 && lengths[b] <= extent, name, "[", b, "] is ", lengths[b],
-                    ", expected in [0, ", extent, "]");
+      ATTNKIT_CHECK(lengths[b] >= 0 && lengths[b] <= extent, name, "[", b, "] is ", lengths[b], ", expected in [0, ",
+                    extent, "]");
   }
   static void check_offsets(std::span<const std::int32_t> cu, Index tokens, const char* name) {
     ATTNKIT_CHECK(cu[0] == 0, name, "[0] is ", cu[0], ", expected 0");

@@ -36,8 +36,8 @@ class View {
 
   // A view of T converts to a view of const T.
   template <class U>
-    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-  View(const View<U, Rank>& other)  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
+      View(const View<U, Rank>& other)  // NOLINT(google-explicit-constructor)
       : data_(other.data()), extents_(other.extents()), strides_(other.strides()) {}
 
   T* data() const { return data_; }
@@ -55,8 +55,7 @@ class View {
 
   // Pointer to an element; may point one past the data (a row of an empty axis).
   template <class... I>
-    requires(sizeof...(I) == Rank)
-  T* at(I... index) const {
+  requires(sizeof...(I) == Rank) T* at(I... index) const {
     const std::array<Index, Rank> position{static_cast<Index>(index)...};
     Index offset = 0;
     for (int axis = 0; axis < Rank; ++axis) offset += position[axis] * strides_[axis];
@@ -64,10 +63,7 @@ class View {
   }
 
   template <class... I>
-    requires(sizeof...(I) == Rank)
-  T& operator()(I... index) const {
-    return *at(index...);
-  }
+  requires(sizeof...(I) == Rank) T& operator()(I... index) const { return *at(index...); }
 
  private:
   T* data_ = nullptr;

@@ -59,14 +59,14 @@ class ScopedWorkspace {
   ScopedWorkspace(Workspace given, std::size_t needed) {
     if (needed == 0) return;
     if (given.data != nullptr) {
-      ATTNKIT_CHECK(given.bytes >= needed, "workspace: ", given.bytes, " bytes given, expected >= ",
-                    needed, " (workspace_bytes)");
-      ATTNKIT_CHECK(reinterpret_cast<std::uintptr_t>(given.data) % kWorkspaceAlign == 0,
-                    "workspace: data must be ", kWorkspaceAlign, "-byte aligned");
+      ATTNKIT_CHECK(given.bytes >= needed, "workspace: ", given.bytes, " bytes given, expected >= ", needed,
+                    " (workspace_bytes)");
+      ATTNKIT_CHECK(reinterpret_cast<std::uintptr_t>(given.data) % kWorkspaceAlign == 0, "workspace: data must be ",
+                    kWorkspaceAlign, "-byte aligned");
       data_ = given.data;
       bytes_ = given.bytes;
     } else {
-      owned_.reset(static_cast<std::byte*>(::operator new(needed, std::align_val_t{kWorkspaceAlign})));
+      owned_.reset(static_cast<std::byte*>(::operator new (needed, std::align_val_t{kWorkspaceAlign})));
       data_ = owned_.get();
       bytes_ = needed;
     }
@@ -76,7 +76,7 @@ class ScopedWorkspace {
 
  private:
   struct AlignedDelete {
-    void operator()(std::byte* p) const { ::operator delete(p, std::align_val_t{kWorkspaceAlign}); }
+    void operator()(std::byte* p) const { ::operator delete (p, std::align_val_t{kWorkspaceAlign}); }
   };
   std::unique_ptr<std::byte, AlignedDelete> owned_;
   void* data_ = nullptr;

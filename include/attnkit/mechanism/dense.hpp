@@ -51,20 +51,20 @@ namespace detail {
 
 // Tiling and work split of one dense call; a function of the shape only.
 struct DensePlan {
-  Index group = 1;             // out heads per kv head (rows of one position)
-  Index kv_groups = 0;         // kv heads (out_heads / group)
-  Index groups_per_item = 1;   // kv heads one work item covers
-  Index item_groups = 0;       // kv_groups / groups_per_item
-  Index kv_block = 0;          // keys per block
-  Index q_chunk = 0;           // query positions per work item
-  Index group_rows = 0;        // rows of one kv head in a work item, padded to the register tile
-  Index rows = 0;              // rows per work item: groups_per_item * group_rows
-  Index chunks = 0;            // work items along the query axis of the longest sequence
-  Index split_keys = 0;        // keys per split
-  Index splits = 1;            // key splits per sequence (> 1: partial results merged)
-  Index items = 0;             // sequences * item_groups * chunks * splits
-  Index acc_cols = 0;          // v_dim padded to whole value strips: the accumulator row length
-  bool stream_keys = false;    // a kv head's rows fit one register tile: K / V rows read in place
+  Index group = 1;                // out heads per kv head (rows of one position)
+  Index kv_groups = 0;            // kv heads (out_heads / group)
+  Index groups_per_item = 1;      // kv heads one work item covers
+  Index item_groups = 0;          // kv_groups / groups_per_item
+  Index kv_block = 0;             // keys per block
+  Index q_chunk = 0;              // query positions per work item
+  Index group_rows = 0;           // rows of one kv head in a work item, padded to the register tile
+  Index rows = 0;                 // rows per work item: groups_per_item * group_rows
+  Index chunks = 0;               // work items along the query axis of the longest sequence
+  Index split_keys = 0;           // keys per split
+  Index splits = 1;               // key splits per sequence (> 1: partial results merged)
+  Index items = 0;                // sequences * item_groups * chunks * splits
+  Index acc_cols = 0;             // v_dim padded to whole value strips: the accumulator row length
+  bool stream_keys = false;       // a kv head's rows fit one register tile: K / V rows read in place
   std::size_t scratch_bytes = 0;  // per thread
   std::size_t partial_bytes = 0;  // all split partials
 };
@@ -250,8 +250,7 @@ class DenseKernel {
     const Index first_pos = chunk * plan_.q_chunk;
     const Index end_pos = std::min(first_pos + plan_.q_chunk, seq.q_len);
     // Split items of this chunk are consecutive; run_item numbers chunks from the end.
-    const Index first_split_item =
-        ((item / plan_.chunks) * plan_.chunks + (plan_.chunks - 1 - chunk)) * plan_.splits;
+    const Index first_split_item = ((item / plan_.chunks) * plan_.chunks + (plan_.chunks - 1 - chunk)) * plan_.splits;
     const Index acc_stride = plan_.rows * plan_.acc_cols;
     for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, float* out_row, float* lse) {
       const float row_lse = tile::merge_partial_rows<V>(
@@ -306,8 +305,8 @@ class Attention<Dense, Backend> {
 
   explicit Attention(Options options = {}, Backend backend = {}) : options_(options), backend_(backend) {
     if (options_.scale)
-      ATTNKIT_CHECK(std::isfinite(*options_.scale) && *options_.scale > 0.0f, "options.scale is ",
-                    *options_.scale, ", expected a finite value > 0");
+      ATTNKIT_CHECK(std::isfinite(*options_.scale) && *options_.scale > 0.0f, "options.scale is ", *options_.scale,
+                    ", expected a finite value > 0");
   }
 
   std::string name() const { return "dense/" + Backend::name(); }
@@ -352,8 +351,7 @@ class Attention<Dense, Backend> {
     const View<float, 4> out4 = detail::as_batch_of_one(out);
     const auto [shape, seqs] = packed_shape(q, k, v, cu, &out4);
     check_lse(args.lse, 1, shape.q_len, shape);
-    run(detail::as_batch_of_one(q), detail::as_batch_of_one(k), detail::as_batch_of_one(v), out4, args, shape,
-        seqs);
+    run(detail::as_batch_of_one(q), detail::as_batch_of_one(k), detail::as_batch_of_one(v), out4, args, shape, seqs);
   }
 
  private:

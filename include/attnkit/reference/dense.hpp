@@ -56,7 +56,8 @@ void dense(const View<const float, 4>& q, const View<const float, 4>& k, const V
         }
         for (Index d = 0; d < v_dim; ++d) {
           Acc acc = 0;
-          for (Index j = 0; j < visible; ++j) acc += logits[j] * static_cast<Acc>(v(seq.batch, seq.kv_begin + j, kh, d));
+          for (Index j = 0; j < visible; ++j)
+            acc += logits[j] * static_cast<Acc>(v(seq.batch, seq.kv_begin + j, kh, d));
           out(seq.batch, row, o, d) = visible > 0 ? acc / sum : Acc(0);
         }
         if (lse.data() != nullptr)
@@ -70,8 +71,8 @@ void dense(const View<const float, 4>& q, const View<const float, 4>& k, const V
 template <class Acc>
 void dense(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
            const View<Acc, 4>& out, const View<Acc, 3>& lse, DenseOptions options, SeqLengths lengths = {}) {
-  const AttentionShape shape{q.extent(0), q.extent(1), k.extent(1), q.extent(3), v.extent(3),
-                             HeadMap{q.extent(2), k.extent(2)}};
+  const AttentionShape shape{q.extent(0), q.extent(1), k.extent(1),
+                             q.extent(3), v.extent(3), HeadMap{q.extent(2), k.extent(2)}};
   dense<Acc>(q, k, v, out, lse, SequenceLayout::padded(shape, lengths), options);
 }
 

@@ -19,8 +19,7 @@ namespace attnkit::tile {
 // s[r][c] = Σ_d q_rows[r][d] · panel[d][c] for one packed key panel.
 // q_rows: MR pointers to (head_dim) rows; panel: (head_dim, NR * W); s: (MR, lds).
 template <class V, int MR, int NR>
-inline void score_panel(const float* const* q_rows, const float* panel, Index head_dim, float* s,
-                        Index lds) {
+inline void score_panel(const float* const* q_rows, const float* panel, Index head_dim, float* s, Index lds) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
   V acc[MR][NR];
@@ -40,8 +39,8 @@ inline void score_panel(const float* const* q_rows, const float* panel, Index he
 
 // S (MR, padded_keys) for a whole packed K block: padded_keys / cols panels side by side.
 template <class V>
-inline void score_block(const float* const* q_rows, const float* packed_k, Index head_dim,
-                        Index padded_keys, float* s, Index lds) {
+inline void score_block(const float* const* q_rows, const float* packed_k, Index head_dim, Index padded_keys, float* s,
+                        Index lds) {
   using Tile = RegisterTile<V>;
   for (Index c = 0; c < padded_keys; c += Tile::cols)
     score_panel<V, Tile::mr, Tile::nr>(q_rows, packed_k + c * head_dim, head_dim, s + c, lds);
@@ -50,8 +49,8 @@ inline void score_block(const float* const* q_rows, const float* packed_k, Index
 // s[r][j] = Σ_d q_rows[r][d] · k[j][d] for j < keys; k rows `ldk` apart, read in place, two
 // keys at a time. q_rows: MR pointers to (head_dim) rows; s: (MR, lds).
 template <class V, int MR>
-inline void score_rows_in_place(const float* const* q_rows, const float* k, Index ldk, Index keys,
-                                Index head_dim, float* s, Index lds) {
+inline void score_rows_in_place(const float* const* q_rows, const float* k, Index ldk, Index keys, Index head_dim,
+                                float* s, Index lds) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
   const Index vector_dims = head_dim / W * W;
@@ -83,8 +82,7 @@ inline void score_rows_in_place(const float* const* q_rows, const float* k, Inde
 // o[r][c] += Σ_j p[r][j] · v[j][c] for an (MR, NR * W) strip of the output.
 // p: (MR, ldp); v: rows j at v + j * ldv; o: (MR, ldo).
 template <class V, int MR, int NR>
-inline void accumulate_pv_strip(const float* p, Index ldp, const float* v, Index ldv, Index keys,
-                                float* o, Index ldo) {
+inline void accumulate_pv_strip(const float* p, Index ldp, const float* v, Index ldv, Index keys, float* o, Index ldo) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
   V acc[MR][NR];
@@ -105,8 +103,8 @@ inline void accumulate_pv_strip(const float* p, Index ldp, const float* v, Index
 // O (MR, padded v_dim) += P (MR, keys) · V for V packed in strips by pack_value_strips():
 // `strips` strips of (keys, cols); o rows hold strips * cols floats.
 template <class V>
-inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_v, Index keys, Index strips,
-                                 float* o, Index ldo) {
+inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_v, Index keys, Index strips, float* o,
+                                 Index ldo) {
   using Tile = RegisterTile<V>;
   for (Index s = 0; s < strips; ++s)
     accumulate_pv_strip<V, Tile::mr, Tile::nr>(p, ldp, packed_v + s * keys * Tile::cols, Tile::cols, keys,
@@ -116,16 +114,15 @@ inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_
 // O (MR, v_dim) += P (MR, keys) · V (keys, v_dim) with V rows read in place: full strips, then
 // single vectors, then a scalar tail, so any v_dim works without reading past a row.
 template <class V, int MR = RegisterTile<V>::mr>
-inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, Index keys,
-                          Index v_dim, float* o, Index ldo) {
+inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, Index keys, Index v_dim, float* o,
+                          Index ldo) {
   using Tile = RegisterTile<V>;
   constexpr int W = Tile::width;
   Index c = 0;
   for (; c + Tile::cols <= v_dim; c += Tile::cols)
     accumulate_pv_strip<V, MR, Tile::nr>(p, ldp, v + c, ldv, keys, o + c, ldo);
   if constexpr (Tile::nr > 1)
-    for (; c + W <= v_dim; c += W)
-      accumulate_pv_strip<V, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+    for (; c + W <= v_dim; c += W) accumulate_pv_strip<V, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
   if constexpr (W > 1)
     for (; c < v_dim; ++c) accumulate_pv_strip<float, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
 }

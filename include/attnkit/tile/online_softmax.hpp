@@ -82,8 +82,8 @@ inline float finalize_row(const float* acc, Index n, const SoftmaxRow& row, floa
 // part p has accumulator acc + p * acc_stride (n) and state rows[p * rows_stride]. Writes the
 // normalised row to out (zeros when no split saw a key) and returns its log-sum-exp.
 template <class V>
-inline float merge_partial_rows(const float* acc, Index acc_stride, const SoftmaxRow* rows,
-                                Index rows_stride, Index parts, Index n, float* out) {
+inline float merge_partial_rows(const float* acc, Index acc_stride, const SoftmaxRow* rows, Index rows_stride,
+                                Index parts, Index n, float* out) {
   SoftmaxRow total;
   for (Index p = 0; p < parts; ++p) total.max = std::max(total.max, rows[p * rows_stride].max);
   for (Index i = 0; i < n; ++i) out[i] = 0.0f;
