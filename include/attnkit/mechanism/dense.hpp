@@ -186,7 +186,6 @@ class DenseKernel {
     const Index ldk = k_.stride(1), ldv = v_.stride(1);
     for (Index block = key_begin; block < key_end; block += plan_.kv_block) {
       const Index keys = std::min(plan_.kv_block, key_end - block);
-      const Index padded_keys = (keys + Tile::cols - 1) / Tile::cols * Tile::cols;
       for (Index g = 0; g < plan_.groups_per_item; ++g) {
         const Index kv_head = shape_.heads.kv_head((first_group + g) * plan_.group);
         const float* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
@@ -200,21 +199,25 @@ class DenseKernel {
           const Index tile_rows = std::min<Index>(Tile::mr, group_rows - t);
           const float* q_tile[Tile::mr];
           tile::KeyRange ranges[Tile::mr];
-          bool any_visible = false;
-          bool needs_mask = false;
+          Index tile_end = block;  // the tile's rows see keys before tile_end only
           for (int r = 0; r < Tile::mr; ++r) {
             q_tile[r] = q_rows + (row0 + r) * shape_.head_dim;
             if (r >= tile_rows) continue;
             const Index pos = first_pos + (t + r) / plan_.group;
             const tile::KeyRange seen = Mask::visible(pos, seq.q_len, seq.kv_len);
             ranges[r] = {std::max(seen.begin, block), std::min(seen.end, block + keys)};
-            any_visible |= ranges[r].begin < ranges[r].end;
-            needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
+            if (ranges[r].begin < ranges[r].end) tile_end = std::max(tile_end, ranges[r].end);
           }
-          if (!any_visible) continue;
+          if (tile_end == block) continue;  // nothing visible
+          // Only the panels up to the tile's last visible key (skips the causal diagonal's upper half).
+          const Index tile_keys = tile_end - block;
+          const Index padded_keys = (tile_keys + Tile::cols - 1) / Tile::cols * Tile::cols;
+          bool needs_mask = false;
+          for (Index r = 0; r < tile_rows; ++r)
+            needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
           if (plan_.stream_keys)
             tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
-              tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, keys, shape_.head_dim, scores, lds);
+              tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
             });
           else
             tile::score_block<V>(q_tile, packed_k, shape_.head_dim, padded_keys, scores, lds);
@@ -226,10 +229,11 @@ class DenseKernel {
           }
           if (plan_.stream_keys)
             tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
-              tile::accumulate_pv<V, rows()>(scores, lds, v_block, ldv, keys, shape_.v_dim, acc + row0 * ldo, ldo);
+              tile::accumulate_pv<V, rows()>(scores, lds, v_block, ldv, tile_keys, shape_.v_dim, acc + row0 * ldo, ldo);
             });
           else
-            tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys, ldo / Tile::cols, acc + row0 * ldo, ldo);
+            tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys * Tile::cols, tile_keys, ldo / Tile::cols,
+                                          acc + row0 * ldo, ldo);
         }
       }
     }

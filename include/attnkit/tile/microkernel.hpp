@@ -100,14 +100,14 @@ inline void accumulate_pv_strip(const float* p, Index ldp, const float* v, Index
     for (int n = 0; n < NR; ++n) Ops::store(o + r * ldo + n * W, acc[r][n]);
 }
 
-// O (MR, padded v_dim) += P (MR, keys) · V for V packed in strips by pack_value_strips():
-// `strips` strips of (keys, cols); o rows hold strips * cols floats.
+// O (MR, padded v_dim) += P (MR, keys) · V for V packed in strips by pack_value_strips(): `strips`
+// strips of (packed keys >= keys, cols), `strip_floats` apart; o rows hold strips * cols floats.
 template <class V>
-inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_v, Index keys, Index strips, float* o,
-                                 Index ldo) {
+inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_v, Index strip_floats, Index keys,
+                                 Index strips, float* o, Index ldo) {
   using Tile = RegisterTile<V>;
   for (Index s = 0; s < strips; ++s)
-    accumulate_pv_strip<V, Tile::mr, Tile::nr>(p, ldp, packed_v + s * keys * Tile::cols, Tile::cols, keys,
+    accumulate_pv_strip<V, Tile::mr, Tile::nr>(p, ldp, packed_v + s * strip_floats, Tile::cols, keys,
                                                o + s * Tile::cols, ldo);
 }
 
