@@ -6,6 +6,7 @@
 #include <attnkit/attnkit.hpp>
 #include <cstdio>
 #include <cstring>
+#include <sstream>
 #include <string>
 
 #include "baselines.hpp"
@@ -32,9 +33,13 @@ struct Prefill {
   Index n, dim;
   bool causal;
   int threads;
+  Index q_heads = 8, kv_heads = 8;
   std::string name() const {
-    return "prefill N=" + std::to_string(n) + " d=" + std::to_string(dim) + (causal ? " causal" : "") + " T" +
-           std::to_string(threads);
+    std::ostringstream name;
+    name << "prefill N=" << n << " d=" << dim;
+    if (q_heads != 8 || kv_heads != 8) name << " " << q_heads << "/" << kv_heads;
+    name << (causal ? " causal" : "") << " T" << threads;
+    return name.str();
   }
 };
 
@@ -75,11 +80,12 @@ void register_prefill(const Prefill& p, bool baselines) {
   bm::RegisterBenchmark(
       ("attnkit/" + p.name()).c_str(),
       [p](bm::State& state) {
-        Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
+        Inputs in(p.n, p.n, p.q_heads, p.kv_heads, p.dim);
         ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = p.causal}, ak::OpenMP<>{p.threads});
-        const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim), k = ak::bshd(in.k.data(), 1, p.n, kHeads, p.dim),
-                   v = ak::bshd(in.v.data(), 1, p.n, kHeads, p.dim);
-        const auto out = ak::bshd(in.out.data(), 1, p.n, kHeads, p.dim);
+        const auto q = ak::bshd(in.q.data(), 1, p.n, p.q_heads, p.dim),
+                   k = ak::bshd(in.k.data(), 1, p.n, p.kv_heads, p.dim),
+                   v = ak::bshd(in.v.data(), 1, p.n, p.kv_heads, p.dim);
+        const auto out = ak::bshd(in.out.data(), 1, p.n, p.q_heads, p.dim);
         std::vector<std::byte> workspace_owner(attn.workspace_bytes(q, k, v) + 64);
         void* aligned = workspace_owner.data();
         std::size_t space = workspace_owner.size();
@@ -211,6 +217,7 @@ int main(int argc, char** argv) {
     register_prefill({2048, 128, false, 1}, true);
     register_prefill({4096, 128, false, 2}, true);
     register_prefill({4096, 128, true, 2}, false);
+    register_prefill({2048, 128, false, 1, 32, 8}, false);  // GQA: K/V packed once per kv head
   }
   for (int threads : {1, 2}) {
     register_decode({4096, 32, 8, 128, threads});
