@@ -91,6 +91,62 @@ inline float dot(const float* x, const float* y, Index n) {
   return sum;
 }
 
+// Σ_i x[i] over n floats.
+template <class V>
+inline float sum(const float* x, Index n) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  V acc = Ops::zero();
+  Index i = 0;
+  for (; i + W <= n; i += W) acc = acc + Ops::load(x + i);
+  float total = Ops::sum(acc);
+  for (; i < n; ++i) total += x[i];
+  return total;
+}
+
+// max_i x[i] over n >= 1 floats.
+template <class V>
+inline float max_of(const float* x, Index n) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  float best = x[0];
+  Index i = 0;
+  if (n >= W) {
+    V acc = Ops::load(x);
+    for (i = W; i + W <= n; i += W) acc = Ops::max(acc, Ops::load(x + i));
+    best = Ops::reduce_max(acc);
+  }
+  for (; i < n; ++i) best = std::max(best, x[i]);
+  return best;
+}
+
+// y[i] += x[i], or y[i] = x[i] / divisor, over n floats.
+template <class V>
+inline void add_to(const float* x, float* y, Index n) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  Index i = 0;
+  for (; i + W <= n; i += W) Ops::store(y + i, Ops::load(y + i) + Ops::load(x + i));
+  for (; i < n; ++i) y[i] += x[i];
+}
+template <class V>
+inline void divide(const float* x, float divisor, float* y, Index n) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  Index i = 0;
+  for (; i + W <= n; i += W) Ops::store(y + i, Ops::load(x + i) / Ops::broadcast(divisor));
+  for (; i < n; ++i) y[i] = x[i] / divisor;
+}
+
+// Asks for rows (rows, cols) at x + r * ld to be brought into cache: the chunks stream strided
+// rows of q, k and v, which the hardware prefetcher loses at every page boundary.
+template <bool kForWrite = false>
+inline void prefetch_rows(const float* x, Index ld, Index rows, Index cols) {
+  constexpr Index kLine = 64 / sizeof(float);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; c += kLine) __builtin_prefetch(x + r * ld + c, kForWrite ? 1 : 0);
+}
+
 // Sizes of one feature-attention call; a function of the shape and the feature count only.
 struct FeaturePlan {
   Index features = 0;      // m: features per row
@@ -217,8 +273,12 @@ class FeatureKernel {
         buf.z[f] = state_.z(seq.batch, kv_head, f);
       }
 
-    Keys keys{k_.at(seq.batch, seq.kv_begin, kv_head, 0), k_.stride(1), v_.at(seq.batch, seq.kv_begin, kv_head, 0),
-              v_.stride(1), 0.0f};
+    Keys keys{k_.at(seq.batch, seq.kv_begin, kv_head, 0),
+              k_.stride(1),
+              v_.at(seq.batch, seq.kv_begin, kv_head, 0),
+              v_.stride(1),
+              seq.kv_len,
+              0.0f};
     keys.shift = features_.key_shift(keys.k, keys.ldk, seq.kv_len, buf.kf, buf.scratch);
 
     if (!causal_) {
@@ -270,27 +330,27 @@ class FeatureKernel {
     Index ldk;
     const float* v;
     Index ldv;
+    Index count;  // keys of the sequence
     float shift;
   };
 
   // kft (feature_rows, chunk) = phi(k) of keys [j0, j0 + n) transposed, zero past n and m.
   void key_block(const Keys& keys, Index j0, Index n, const Buffers& buf) const {
     const Index m = plan_.features, mp = plan_.feature_rows;
+    const Index next = std::min(C, keys.count - (j0 + n));  // the chunk after this one
+    prefetch_rows(keys.k + (j0 + n) * keys.ldk, keys.ldk, next, shape_.head_dim);
+    prefetch_rows(keys.v + (j0 + n) * keys.ldv, keys.ldv, next, plan_.v_dim);
     features_.keys(keys.k + j0 * keys.ldk, keys.ldk, n, plan_.chunk_rows, keys.shift, buf.kf, buf.scratch);
     std::fill(buf.kft, buf.kft + mp * C, 0.0f);
     for (Index j = 0; j < n; ++j)
       for (Index f = 0; f < m; ++f) buf.kft[f * C + j] = buf.kf[j * m + f];
   }
 
-  // S (m, dv) += phi(K)ᵀ V and z += Σ_j phi(k_j) over the n keys of the current kft block.
+  // S (m, dv) += phi(K)ᵀ V and z += Σ_j phi(k_j) over the n keys of the current kf / kft block.
   void add_to_state(const Keys& keys, Index j0, Index n, const Buffers& buf) const {
     gemm_accumulate<V>(plan_.feature_rows, plan_.v_dim, n, buf.kft, C, keys.v + j0 * keys.ldv, keys.ldv, buf.s,
                        plan_.v_dim);
-    for (Index f = 0; f < plan_.features; ++f) {
-      float sum = 0.0f;
-      for (Index j = 0; j < n; ++j) sum += buf.kft[f * C + j];
-      buf.z[f] += sum;
-    }
+    for (Index j = 0; j < n; ++j) add_to<V>(buf.kf + j * plan_.features, buf.z, plan_.features);
   }
 
   // Out rows [i0, i0 + rows) of one out head: the state's share, plus (causal) the masked block
@@ -299,6 +359,9 @@ class FeatureKernel {
                    const Buffers& buf) const {
     const Index m = plan_.features, cr = plan_.chunk_rows, dv = plan_.v_dim;
     const Index q_head = shape_.heads.q_head(out_head);
+    const Index next = std::min(C, seq.q_len - (i0 + rows));  // this head's next chunk
+    prefetch_rows(q_.at(seq.batch, seq.q_begin + i0 + rows, q_head, 0), q_.stride(1), next, shape_.head_dim);
+    prefetch_rows<true>(out_.at(seq.batch, seq.q_begin + i0, out_head, 0), out_.stride(1), rows, dv);
     features_.queries(q_.at(seq.batch, seq.q_begin + i0, q_head, 0), q_.stride(1), rows, cr, buf.qf, buf.scratch);
     std::fill(buf.o, buf.o + cr * dv, 0.0f);
     gemm_accumulate<V>(cr, dv, m, buf.qf, m, buf.s, dv, buf.o, dv);  // (rows, dv) = phi(Q) S
@@ -311,9 +374,7 @@ class FeatureKernel {
         float* a_row = buf.a + r * C;
         const Index seen = std::clamp<Index>(i0 + r + offset + 1 - lo, 0, hi - lo);  // keys lo .. lo + seen - 1
         std::fill(a_row + seen, a_row + C, 0.0f);
-        float sum = 0.0f;
-        for (Index c = 0; c < seen; ++c) sum += a_row[c];
-        buf.den[r] += sum;
+        buf.den[r] += sum<V>(a_row, seen);
       }
       gemm_accumulate<V>(cr, dv, hi - lo, buf.a, C,
                          v_.at(seq.batch, seq.kv_begin + lo, shape_.heads.kv_head(out_head), 0), v_.stride(1), buf.o,
@@ -328,8 +389,7 @@ class FeatureKernel {
         std::fill(out_row, out_row + dv, 0.0f);
         continue;
       }
-      const float den = buf.den[r] + eps_;
-      for (Index c = 0; c < dv; ++c) out_row[c] = o_row[c] / den;
+      divide<V>(o_row, buf.den[r] + eps_, out_row, dv);
     }
   }
 

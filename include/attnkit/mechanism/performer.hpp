@@ -66,7 +66,7 @@ struct RandomFeatures {
     for (Index j0 = 0; j0 < keys; j0 += kFeatureChunk) {
       const Index rows = std::min(kFeatureChunk, keys - j0);
       project(x + j0 * ldx, ldx, rows, block, scratch);
-      for (Index i = 0; i < rows * m; ++i) max = std::max(max, block[i]);
+      max = std::max(max, max_of<V>(block, rows * m));
     }
     return keys > 0 ? max : 0.0f;
   }
@@ -75,7 +75,7 @@ struct RandomFeatures {
     const float* half_norms = project(x, ldx, rows, phi, scratch);
     for (Index r = 0; r < rows; ++r) {
       float* u = phi + r * m;
-      exp_row(u, half_norms[r] + *std::max_element(u, u + m));
+      exp_row(u, half_norms[r] + max_of<V>(u, m));
     }
     std::fill(phi + rows * m, phi + rows_pad * m, 0.0f);
   }
