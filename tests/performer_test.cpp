@@ -7,6 +7,8 @@
 #include <attnkit/reference/dense.hpp>
 #include <attnkit/reference/performer.hpp>
 #include <cstring>
+#include <memory>
+#include <new>
 
 #include "test_util.hpp"
 
@@ -266,4 +268,35 @@ TEST_CASE("performer rejects bad input with a message naming the argument", "[pe
                     Contains("lengths.kv[1] is 9, expected in [0, 6]"));
   CHECK_THROWS_WITH(ak::gaussian_orthogonal_features(0, 8, 1), Contains("features: 0, expected >= 1"));
   CHECK_THROWS_WITH(ak::gaussian_orthogonal_features(8, -1, 1), Contains("head_dim: -1, expected >= 1"));
+}
+
+TEST_CASE("linear and performer run in exactly workspace_bytes of caller memory", "[performer][linear]") {
+  const Index n = 300, heads = 4, dim = 24;
+  const std::vector<float> q = ak::test::uniform(n * heads * dim, 1), k = ak::test::uniform(n * heads * dim, 2),
+                           v = ak::test::uniform(n * heads * dim, 3);
+  const auto qv = ak::bshd(q.data(), 1, n, heads, dim), kv = ak::bshd(k.data(), 1, n, heads, dim),
+             vv = ak::bshd(v.data(), 1, n, heads, dim);
+  std::vector<float> out(q.size()), expected(q.size());
+  const auto ov = ak::bshd(out.data(), 1, n, heads, dim);
+  struct Free {
+    void operator()(void* p) const { ::operator delete (p, std::align_val_t{64}); }
+  };
+  const ak::RandomProjection w = ak::gaussian_orthogonal_features(48, dim, 5);
+  ak::Attention<ak::Performer, ak::OpenMP<>> performer({.causal = true});
+  const std::size_t performer_bytes = performer.workspace_bytes(qv, kv, vv, w.view());
+  std::unique_ptr<void, Free> block(::operator new (performer_bytes, std::align_val_t{64}));
+  performer(qv, kv, vv, w.view(), ak::bshd(expected.data(), 1, n, heads, dim));
+  performer(qv, kv, vv, w.view(), ov, {.workspace = {block.get(), performer_bytes}});
+  CHECK(out == expected);
+  CHECK_THROWS_WITH(performer(qv, kv, vv, w.view(), ov, {.workspace = {block.get(), performer_bytes - 64}}),
+                    Catch::Contains("workspace: ") && Catch::Contains("expected >= "));
+
+  ak::Attention<ak::Linear, ak::OpenMP<>> linear;
+  const std::size_t linear_bytes = linear.workspace_bytes(qv, kv, vv);
+  CHECK(linear_bytes <= performer_bytes);
+  linear(qv, kv, vv, ak::bshd(expected.data(), 1, n, heads, dim));
+  linear(qv, kv, vv, ov, {.workspace = {block.get(), linear_bytes}});
+  CHECK(out == expected);
+  CHECK_THROWS_WITH(linear(qv, kv, vv, ov, {.workspace = {block.get(), linear_bytes - 64}}),
+                    Catch::Contains("workspace: ") && Catch::Contains("expected >= "));
 }
