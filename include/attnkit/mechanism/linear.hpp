@@ -8,7 +8,9 @@
 // Decode: LinearState holds S (features x v_dim) and z (features) per batch entry and kv head; a
 // causal call given a state continues from it and leaves it holding every key seen, so step()
 // (one token) repeated over a sequence equals the causal result.
-// The chunked kernel lives in feature_attention.hpp; the reference in reference/linear.hpp.
+// cost() counts the chunk products (feature_attention.hpp); the elementwise map, like dense's exp,
+// is not counted. The chunked kernel lives in feature_attention.hpp; the reference in
+// reference/linear.hpp.
 #pragma once
 
 #include <cmath>
