@@ -19,63 +19,21 @@
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
+#include "attnkit/tile/microkernel.hpp"
+#include "attnkit/tile/tile_shape.hpp"
 
 namespace attnkit::detail {
 
 // Positions per chunk: queries and keys of one causal step, keys per state update.
 inline constexpr Index kFeatureChunk = 64;
 
-// Register tile of the chunk products: mr rows by nr vectors, as the dense micro-kernels size it
-// (mr * nr accumulators + nr loads + 1 broadcast fit the register file).
-template <class V>
-struct ChunkTile {
-  static constexpr int width = VecOps<V>::width;
-  static constexpr int nr = width == 1 ? 4 : 2;
-  static constexpr int mr = width == 1 ? 4 : std::min(12, (VecOps<V>::registers - nr - 2) / nr);
-  static constexpr Index pad_rows(Index rows) { return (rows + mr - 1) / mr * mr; }
-};
-
-// c (MR, NR * W) += a (MR, k) · b (k, NR * W); rows of a, b, c at a + r * lda, b + j * ldb, c + r * ldc.
-template <class V, int MR, int NR>
-inline void gemm_strip(const float* a, Index lda, const float* b, Index ldb, Index k, float* c, Index ldc) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  V acc[MR][NR];
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NR; ++n) acc[r][n] = Ops::load(c + r * ldc + n * W);
-  for (Index j = 0; j < k; ++j) {
-    V bj[NR];
-    for (int n = 0; n < NR; ++n) bj[n] = Ops::load(b + j * ldb + n * W);
-    for (int r = 0; r < MR; ++r) {
-      const V aj = Ops::broadcast(a[r * lda + j]);
-      for (int n = 0; n < NR; ++n) acc[r][n] = Ops::fma(aj, bj[n], acc[r][n]);
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NR; ++n) Ops::store(c + r * ldc + n * W, acc[r][n]);
-}
-
-// c (rows, n) += a (rows, k) · b (k, n), rows a multiple of ChunkTile<V>::mr: full strips, then
-// single vectors, then a scalar tail, so any n works without touching columns past n.
+// c (rows, n) += a (rows, k) · b (k, n), rows a multiple of RegisterTile<V>::mr: the PV
+// micro-kernel of the tile pieces over each tile of rows (any n, no column past n touched).
 template <class V>
 inline void gemm_accumulate(Index rows, Index n, Index k, const float* a, Index lda, const float* b, Index ldb,
                             float* c, Index ldc) {
-  using Tile = ChunkTile<V>;
-  constexpr int W = Tile::width;
-  constexpr int MR = Tile::mr;
-  for (Index r = 0; r < rows; r += MR) {
-    const float* ar = a + r * lda;
-    float* cr = c + r * ldc;
-    const Index strips = n / (Tile::nr * W), vectors = n % (Tile::nr * W) / W;
-    for (Index s = 0; s < strips; ++s)
-      gemm_strip<V, MR, Tile::nr>(ar, lda, b + s * Tile::nr * W, ldb, k, cr + s * Tile::nr * W, ldc);
-    const Index first_vector = strips * Tile::nr * W;
-    for (Index s = 0; s < vectors; ++s)
-      gemm_strip<V, MR, 1>(ar, lda, b + first_vector + s * W, ldb, k, cr + first_vector + s * W, ldc);
-    if constexpr (W > 1)
-      for (Index col = first_vector + vectors * W; col < n; ++col)
-        gemm_strip<float, MR, 1>(ar, lda, b + col, ldb, k, cr + col, ldc);
-  }
+  for (Index r = 0; r < rows; r += RegisterTile<V>::mr)
+    tile::accumulate_pv<V>(a + r * lda, lda, b, ldb, k, n, c + r * ldc, ldc);
 }
 
 // Σ_i x[i] · y[i] over n floats.
@@ -163,7 +121,7 @@ struct FeaturePlan {
 template <class V>
 FeaturePlan make_feature_plan(const AttentionShape& shape, const SequenceLayout& seqs, Index features,
                               std::size_t feature_scratch) {
-  using Tile = ChunkTile<V>;
+  using Tile = RegisterTile<V>;
   FeaturePlan plan;
   plan.features = features;
   plan.feature_rows = Tile::pad_rows(features);
@@ -225,7 +183,7 @@ struct FeatureState {
 //       phi (rows_pad, m) row-major; rows past `rows` are zeros.
 template <class V, class Features>
 class FeatureKernel {
-  using Tile = ChunkTile<V>;
+  using Tile = RegisterTile<V>;
   static constexpr Index C = kFeatureChunk;
 
  public:

@@ -54,7 +54,7 @@ struct RandomFeatures {
   float stabilizer = 0;
 
   static std::size_t scratch_floats(Index dim) {
-    const Index rows = ChunkTile<V>::pad_rows(kFeatureChunk);
+    const Index rows = RegisterTile<V>::pad_rows(kFeatureChunk);
     return static_cast<std::size_t>(rows * dim + rows);
   }
 
@@ -89,7 +89,7 @@ struct RandomFeatures {
  private:
   // u (rows, m) = x' Wᵀ into phi; returns |x'_r|² / 2 per row (in scratch).
   const float* project(const float* x, Index ldx, Index rows, float* phi, float* scratch) const {
-    const Index padded = ChunkTile<V>::pad_rows(rows);
+    const Index padded = RegisterTile<V>::pad_rows(rows);
     float* xs = scratch;                         // (padded, d): x' rows
     float* half_norms = scratch + padded * dim;  // (padded)
     const float scale = 1.0f / std::sqrt(std::sqrt(static_cast<float>(dim)));

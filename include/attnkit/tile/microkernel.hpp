@@ -118,13 +118,17 @@ inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, 
                           Index ldo) {
   using Tile = RegisterTile<V>;
   constexpr int W = Tile::width;
-  Index c = 0;
-  for (; c + Tile::cols <= v_dim; c += Tile::cols)
-    accumulate_pv_strip<V, MR, Tile::nr>(p, ldp, v + c, ldv, keys, o + c, ldo);
+  const Index strips = v_dim / Tile::cols;
+  const Index vectors = v_dim % Tile::cols / W;
+  for (Index s = 0; s < strips; ++s)
+    accumulate_pv_strip<V, MR, Tile::nr>(p, ldp, v + s * Tile::cols, ldv, keys, o + s * Tile::cols, ldo);
+  const Index first_vector = strips * Tile::cols;
   if constexpr (Tile::nr > 1)
-    for (; c + W <= v_dim; c += W) accumulate_pv_strip<V, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+    for (Index s = 0; s < vectors; ++s)
+      accumulate_pv_strip<V, MR, 1>(p, ldp, v + first_vector + s * W, ldv, keys, o + first_vector + s * W, ldo);
   if constexpr (W > 1)
-    for (; c < v_dim; ++c) accumulate_pv_strip<float, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+    for (Index c = first_vector + vectors * W; c < v_dim; ++c)
+      accumulate_pv_strip<float, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
 }
 
 // Calls f(std::integral_constant<int, M>{}) with M = rows, for rows in [1, Max]: runs a

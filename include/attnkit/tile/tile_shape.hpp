@@ -18,6 +18,7 @@ struct RegisterTile {
   static constexpr int nr = width == 1 ? 4 : 2;
   static constexpr int mr = width == 1 ? 4 : std::min(12, (VecOps<V>::registers - nr - 2) / nr);
   static constexpr int cols = nr * width;  // columns of one packed key panel
+  static constexpr Index pad_rows(Index rows) { return (rows + mr - 1) / mr * mr; }
 };
 
 // Cache budget a packed key/value block should fit in: half of a 512 KiB L2 (Zen 3; Ice Lake
