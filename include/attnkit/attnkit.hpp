@@ -9,3 +9,5 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/mechanism/dense.hpp"
+#include "attnkit/mechanism/mamba.hpp"
+#include "attnkit/mechanism/mamba2.hpp"

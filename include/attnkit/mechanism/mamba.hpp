@@ -8,9 +8,10 @@
 // d / (d_inner / groups). A is (d_inner, d_state) and real: a complex A (Mamba's is_complex
 // variant) cannot be expressed by this API and is not supported. States are
 // (sequences, d_inner, d_state).
-// Kernel: the scan is sequential in L and parallel over (sequence, channel): a work item is one
-// vector of channels of one group of one sequence. Per chunk of tokens it stages delta (bias,
-// softplus) and delta·u, then runs the recurrence over register-held groups of states with
+// Kernel: the scan is sequential in L and parallel over (sequence, channel): a work item is a
+// block of 64 channels of one group of one sequence (whole cache lines of each token row). Per
+// chunk of 16 tokens it stages delta (bias, softplus) and delta·u, then runs the recurrence
+// vector by vector of channels over register-held groups of states with
 // exp(delta A) from exp_approx, and applies D and the silu gate on the way out. Work items never
 // share data, so every backend and thread count gives the same bits as Simd.
 // Not here: the reference (reference/mamba.hpp), Mamba-2 (mechanism/mamba2.hpp).
@@ -65,19 +66,24 @@ struct MambaShape {
   Index group_channels() const { return d_inner / groups; }
 };
 
+// Channels of one work item (a multiple of every vector width): wide enough that each token row
+// is read as whole cache lines, narrow enough that the staged chunk stays in L1.
+inline constexpr Index kMambaBlockChannels = 64;
 // Tokens staged per pass over the state groups.
-inline constexpr Index kMambaTokenChunk = 64;
+inline constexpr Index kMambaTokenChunk = 16;
 
 template <class V>
 class MambaKernel {
   using Ops = VecOps<V>;
   static constexpr Index W = Ops::width;
+  static constexpr Index C = kMambaBlockChannels;
   static constexpr Index T = kMambaTokenChunk;
+  static_assert(C % W == 0, "a channel block holds whole vectors");
 
  public:
   // Floats of scratch one thread needs, padded to keep every thread's block aligned.
   static Index scratch_floats(const MambaShape& s) {
-    return static_cast<Index>(array_bytes<float>(5 * T * W + 2 * s.d_state * W) / sizeof(float));
+    return static_cast<Index>(array_bytes<float>(5 * T * C + 2 * s.d_state * C) / sizeof(float));
   }
 
   MambaKernel(const View<const float, 3>& u, const View<const float, 3>& delta, const View<const float, 2>& a,
@@ -93,7 +99,7 @@ class MambaKernel {
         shape_(shape),
         softplus_(softplus_delta),
         scratch_(scratch) {
-    blocks_per_group_ = (shape.group_channels() + W - 1) / W;
+    blocks_per_group_ = (shape.group_channels() + C - 1) / C;
   }
 
   Index items() const { return shape_.sequences * shape_.groups * blocks_per_group_; }
@@ -102,8 +108,9 @@ class MambaKernel {
     const Index block = item % blocks_per_group_;
     const Index group = item / blocks_per_group_ % shape_.groups;
     const Index seq = item / blocks_per_group_ / shape_.groups;
-    const Index c0 = group * shape_.group_channels() + block * W;  // first channel
-    const Index count = std::min(W, (group + 1) * shape_.group_channels() - c0);
+    const Index c0 = group * shape_.group_channels() + block * C;  // first channel
+    const Index count = std::min(C, (group + 1) * shape_.group_channels() - c0);
+    const Index vectors = (count + W - 1) / W;
     const bool packed = !args_.cu_seqlens.empty();
     const Index bi = packed ? 0 : seq;
     const Index begin = packed ? args_.cu_seqlens[seq] : 0;
@@ -111,91 +118,123 @@ class MambaKernel {
     const Index n_state = shape_.d_state;
 
     float* base = scratch_ + scratch_floats(shape_) * slot;
-    float* u_buf = base;                 // (T, W) u, then the D skip term
-    float* dt_buf = u_buf + T * W;       // (T, W) delta'
-    float* du_buf = dt_buf + T * W;      // (T, W) delta' · u
-    float* y_buf = du_buf + T * W;       // (T, W) Σ_n x C
-    float* z_buf = y_buf + T * W;        // (T, W) gate
-    float* a_buf = z_buf + T * W;        // (d_state, W) A transposed
-    float* x_buf = a_buf + n_state * W;  // (d_state, W) state
+    float* u_buf = base;                 // (T, C) u
+    float* dt_buf = u_buf + T * C;       // (T, C) delta'
+    float* du_buf = dt_buf + T * C;      // (T, C) delta' · u
+    float* y_buf = du_buf + T * C;       // (T, C) Σ_n x C
+    float* z_buf = y_buf + T * C;        // (T, C) gate
+    float* a_buf = z_buf + T * C;        // (d_state, C) A transposed
+    float* x_buf = a_buf + n_state * C;  // (d_state, C) state
 
     for (Index n = 0; n < n_state; ++n)
-      for (Index l = 0; l < W; ++l) {
-        a_buf[n * W + l] = l < count ? a_(c0 + l, n) : 0.0f;
-        x_buf[n * W + l] = l < count && given(args_.initial_state) ? args_.initial_state(seq, c0 + l, n) : 0.0f;
+      for (Index l = 0; l < C; ++l) {
+        a_buf[n * C + l] = l < count ? a_(c0 + l, n) : 0.0f;
+        x_buf[n * C + l] = l < count && given(args_.initial_state) ? args_.initial_state(seq, c0 + l, n) : 0.0f;
       }
-    alignas(64) float bias_lanes[W] = {}, d_lanes[W] = {};
+    alignas(64) float bias_lanes[C] = {}, d_lanes[C] = {};
     for (Index l = 0; l < count; ++l) {
       if (given(args_.delta_bias)) bias_lanes[l] = args_.delta_bias(c0 + l);
       if (given(args_.d)) d_lanes[l] = args_.d(c0 + l);
     }
-    const V bias = Ops::load(bias_lanes), skip = Ops::load(d_lanes);
 
     for (Index t0 = begin; t0 < end; t0 += T) {
       const Index tokens = std::min(T, end - t0);
       stage(u_, bi, t0, tokens, c0, count, u_buf);
       stage(delta_, bi, t0, tokens, c0, count, dt_buf);
-      for (Index t = 0; t < tokens; ++t) {
-        V dt = Ops::load(dt_buf + t * W) + bias;
-        if (softplus_) dt = softplus(dt);
-        Ops::store(dt_buf + t * W, dt);
-        Ops::store(du_buf + t * W, dt * Ops::load(u_buf + t * W));
-        Ops::store(y_buf + t * W, Ops::zero());
-      }
+      for (Index t = 0; t < tokens; ++t)
+        for (Index v = 0; v < vectors * W; v += W) {
+          const Index at = t * C + v;
+          V dt = Ops::load(dt_buf + at) + Ops::load(bias_lanes + v);
+          if (softplus_) dt = softplus(dt);
+          Ops::store(dt_buf + at, dt);
+          Ops::store(du_buf + at, dt * Ops::load(u_buf + at));
+          Ops::store(y_buf + at, Ops::zero());
+        }
       const float* b_row = b_.at(bi, t0, group, 0);
       const float* c_row = c_.at(bi, t0, group, 0);
-      Index n = 0;
-      for (; n + 8 <= n_state; n += 8) scan_states<8>(n, tokens, b_row, c_row, dt_buf, du_buf, y_buf, a_buf, x_buf);
-      if (n + 4 <= n_state) scan_states<4>(n, tokens, b_row, c_row, dt_buf, du_buf, y_buf, a_buf, x_buf), n += 4;
-      if (n + 2 <= n_state) scan_states<2>(n, tokens, b_row, c_row, dt_buf, du_buf, y_buf, a_buf, x_buf), n += 2;
-      if (n < n_state) scan_states<1>(n, tokens, b_row, c_row, dt_buf, du_buf, y_buf, a_buf, x_buf);
+      for (Index v = 0; v < vectors * W; v += W) {
+        const Lanes lanes{dt_buf + v, du_buf + v, y_buf + v, a_buf + v, x_buf + v};
+        Index n = 0;
+        for (; n + 8 <= n_state; n += 8) scan_states<8>(n, tokens, b_row, c_row, lanes);
+        if (n + 4 <= n_state) scan_states<4>(n, tokens, b_row, c_row, lanes), n += 4;
+        if (n + 2 <= n_state) scan_states<2>(n, tokens, b_row, c_row, lanes), n += 2;
+        if (n < n_state) scan_states<1>(n, tokens, b_row, c_row, lanes);
+      }
 
       if (given(args_.z)) stage(args_.z, bi, t0, tokens, c0, count, z_buf);
-      for (Index t = 0; t < tokens; ++t) {
-        V y = Ops::fma(skip, Ops::load(u_buf + t * W), Ops::load(y_buf + t * W));
-        if (given(args_.z)) y = y * silu(Ops::load(z_buf + t * W));
-        Ops::store(y_buf + t * W, y);
-        for (Index l = 0; l < count; ++l) out_(bi, t0 + t, c0 + l) = y_buf[t * W + l];
-      }
+      for (Index t = 0; t < tokens; ++t)
+        for (Index v = 0; v < vectors * W; v += W) {
+          const Index at = t * C + v;
+          V y = Ops::fma(Ops::load(d_lanes + v), Ops::load(u_buf + at), Ops::load(y_buf + at));
+          if (given(args_.z)) y = y * silu(Ops::load(z_buf + at));
+          write_lanes(bi, t0 + t, c0 + v, std::min(W, count - v), y);
+        }
     }
     if (given(args_.final_state))
       for (Index l = 0; l < count; ++l)
-        for (Index n = 0; n < n_state; ++n) args_.final_state(seq, c0 + l, n) = x_buf[n * W + l];
+        for (Index n = 0; n < n_state; ++n) args_.final_state(seq, c0 + l, n) = x_buf[n * C + l];
   }
 
  private:
-  // Copies (tokens, count) channels of x into (T, W) lanes, zero-padding the missing channels.
+  // One vector of channels within the staged (T, C) and (d_state, C) buffers.
+  struct Lanes {
+    const float* dt;
+    const float* du;
+    float* y;
+    const float* a;
+    float* x;
+  };
+
+  // Copies (tokens, count) channels of x into (T, C) lanes, zero-padding the missing channels.
   static void stage(const View<const float, 3>& x, Index bi, Index t0, Index tokens, Index c0, Index count,
                     float* buf) {
+    const Index stride = x.stride(2);
+    const Index whole = stride == 1 ? count / W * W : 0;  // channels copied as whole vectors
     for (Index t = 0; t < tokens; ++t) {
       const float* row = x.at(bi, t0 + t, c0);
-      const Index stride = x.stride(2);
-      for (Index l = 0; l < W; ++l) buf[t * W + l] = l < count ? row[l * stride] : 0.0f;
+      float* lanes = buf + t * C;
+      for (Index l = 0; l < whole; l += W) Ops::store(lanes + l, Ops::load(row + l));
+      for (Index l = whole; l < C; ++l) lanes[l] = l < count ? row[l * stride] : 0.0f;
     }
+  }
+
+  // Writes the first `count` lanes of y to out(bi, t, c0 ...).
+  void write_lanes(Index bi, Index t, Index c0, Index count, const V& y) const {
+    float* row = out_.at(bi, t, c0);
+    const Index stride = out_.stride(2);
+    if (count == W && stride == 1) {
+      Ops::store(row, y);
+      return;
+    }
+    alignas(64) float lanes[W];
+    Ops::store(lanes, y);
+    for (Index l = 0; l < count; ++l) row[l * stride] = lanes[l];
   }
 
   // States [n0, n0 + S) over `tokens` staged tokens, the states held in registers.
   template <int S>
-  void scan_states(Index n0, Index tokens, const float* b_row, const float* c_row, const float* dt_buf,
-                   const float* du_buf, float* y_buf, const float* a_buf, float* x_buf) const {
+  void scan_states(Index n0, Index tokens, const float* b_row, const float* c_row, const Lanes& lanes) const {
     V a[S], x[S];
+#pragma GCC unroll 8
     for (int k = 0; k < S; ++k) {
-      a[k] = Ops::load(a_buf + (n0 + k) * W);
-      x[k] = Ops::load(x_buf + (n0 + k) * W);
+      a[k] = Ops::load(lanes.a + (n0 + k) * C);
+      x[k] = Ops::load(lanes.x + (n0 + k) * C);
     }
     const Index b_step = b_.stride(1), c_step = c_.stride(1), b_n = b_.stride(3), c_n = c_.stride(3);
     for (Index t = 0; t < tokens; ++t) {
-      const V dt = Ops::load(dt_buf + t * W), du = Ops::load(du_buf + t * W);
+      const V dt = Ops::load(lanes.dt + t * C), du = Ops::load(lanes.du + t * C);
       const float* bt = b_row + t * b_step + n0 * b_n;
       const float* ct = c_row + t * c_step + n0 * c_n;
-      V y = Ops::load(y_buf + t * W);
+      V y = Ops::load(lanes.y + t * C);
+#pragma GCC unroll 8
       for (int k = 0; k < S; ++k) {
         x[k] = Ops::fma(du, Ops::broadcast(bt[k * b_n]), exp_approx(dt * a[k]) * x[k]);
         y = Ops::fma(x[k], Ops::broadcast(ct[k * c_n]), y);
       }
-      Ops::store(y_buf + t * W, y);
+      Ops::store(lanes.y + t * C, y);
     }
-    for (int k = 0; k < S; ++k) Ops::store(x_buf + (n0 + k) * W, x[k]);
+#pragma GCC unroll 8
+    for (int k = 0; k < S; ++k) Ops::store(lanes.x + (n0 + k) * C, x[k]);
   }
 
   View<const float, 3> u_, delta_;
