@@ -205,7 +205,7 @@ TEMPLATE_LIST_TEST_CASE("mamba edge cases", "[mamba]", ak::test::Backends) {
   SECTION("everything on, Mamba's channel-major layout") {
     check_mamba<TestType>({.batch = 2,
                            .len = 200,
-                           .d_inner = 48,
+                           .d_inner = 150,
                            .d_state = 16,
                            .channel_major = true,
                            .skip = true,
