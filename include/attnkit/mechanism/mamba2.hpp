@@ -57,29 +57,49 @@ struct Mamba2Shape {
   Index batch = 0, len = 0, heads = 0, head_dim = 0, groups = 1, d_state = 0;
 };
 
-// y[0, width) = scale · y + Σ_k coef[k · coef_stride] · m[k · ldm + (0, width)], width a multiple
-// of the vector width; the accumulators stay in registers across k.
-template <class V, int R>
-void accumulate_block(const float* coef, Index coef_stride, Index rows, const float* m, Index ldm, float* y,
-                      float scale) {
+// out[r, 0 : NV·W) = scale · out[r, ...] + Σ_k coef[r · rs + k · ks] · m[k · ldm + (0 : NV·W)] for
+// R rows: an R x NV-vector register tile (scale 0: out is only written).
+template <class V, int R, int NV>
+void product_tile(const float* coef, Index rs, Index ks, Index depth, const float* m, Index ldm, float* out, Index ldo,
+                  float scale) {
   using Ops = VecOps<V>;
   constexpr Index W = Ops::width;
-  V acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = scale == 0.0f ? Ops::zero() : Ops::load(y + r * W) * Ops::broadcast(scale);
-  for (Index k = 0; k < rows; ++k) {
-    const V c = Ops::broadcast(coef[k * coef_stride]);
-    for (int r = 0; r < R; ++r) acc[r] = Ops::fma(c, Ops::load(m + k * ldm + r * W), acc[r]);
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = scale == 0.0f ? Ops::zero() : Ops::load(out + r * ldo + v * W) * Ops::broadcast(scale);
+  for (Index k = 0; k < depth; ++k) {
+    V row[NV];
+    for (int v = 0; v < NV; ++v) row[v] = Ops::load(m + k * ldm + v * W);
+    for (int r = 0; r < R; ++r) {
+      const V c = Ops::broadcast(coef[r * rs + k * ks]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = Ops::fma(c, row[v], acc[r][v]);
+    }
   }
-  for (int r = 0; r < R; ++r) Ops::store(y + r * W, acc[r]);
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) Ops::store(out + r * ldo + v * W, acc[r][v]);
 }
 
-template <class V>
-void accumulate_rows(const float* coef, Index coef_stride, Index rows, const float* m, Index ldm, Index width, float* y,
-                     float scale) {
+// The same for R rows and `width` columns (a multiple of the vector width).
+template <class V, int R>
+void product_rows(const float* coef, Index rs, Index ks, Index depth, const float* m, Index ldm, Index width,
+                  float* out, Index ldo, float scale) {
   constexpr Index W = VecOps<V>::width;
   Index v = 0;
-  for (; v + 4 * W <= width; v += 4 * W) accumulate_block<V, 4>(coef, coef_stride, rows, m + v, ldm, y + v, scale);
-  for (; v + W <= width; v += W) accumulate_block<V, 1>(coef, coef_stride, rows, m + v, ldm, y + v, scale);
+  for (; v + 3 * W <= width; v += 3 * W) product_tile<V, R, 3>(coef, rs, ks, depth, m + v, ldm, out + v, ldo, scale);
+  for (; v + 2 * W <= width; v += 2 * W) product_tile<V, R, 2>(coef, rs, ks, depth, m + v, ldm, out + v, ldo, scale);
+  for (; v + W <= width; v += W) product_tile<V, R, 1>(coef, rs, ks, depth, m + v, ldm, out + v, ldo, scale);
+}
+
+// out (rows, width) = scale · out + coef (rows, depth) · m (depth, width): a small dense product,
+// coef read with row stride rs and column stride ks.
+template <class V>
+void product(const float* coef, Index rs, Index ks, Index rows, Index depth, const float* m, Index ldm, Index width,
+             float* out, Index ldo, float scale) {
+  Index r = 0;
+  for (; r + 4 <= rows; r += 4)
+    product_rows<V, 4>(coef + r * rs, rs, ks, depth, m, ldm, width, out + r * ldo, ldo, scale);
+  for (; r < rows; ++r) product_rows<V, 1>(coef + r * rs, rs, ks, depth, m, ldm, width, out + r * ldo, ldo, scale);
 }
 
 template <class V>
@@ -87,17 +107,26 @@ class Mamba2Kernel {
   using Ops = VecOps<V>;
   static constexpr Index W = Ops::width;
 
+  // One thread's scratch, carved from its block of the workspace.
+  struct Buffers {
+    float* state;     // (n, pp) the state H transposed
+    float* dtx;       // (chunk, pp) dt'·x per token
+    float* bt;        // (n, qp) B of the chunk transposed, then weighted for the state update
+    float* scores;    // (qp, qp) masked, decayed C·Bᵀ
+    float* y;         // (chunk, pp) outputs before D and the gate
+    float* exponent;  // (qp) decay exponents of one score row
+    float* gate;      // (pp)
+    double* cum;      // (chunk) cumulative dt'·A within the chunk
+  };
+
  public:
   static Index round_up(Index n) { return (n + W - 1) / W * W; }
 
   // Floats of scratch one thread needs (padded so every thread's block stays aligned).
   static Index scratch_floats(const Mamba2Shape& s, Index chunk) {
     const Index pp = round_up(s.head_dim), qp = round_up(chunk);
-    const Index floats = s.d_state * pp      // state (n, p)
-                         + chunk * pp        // dt · x per token
-                         + s.d_state * qp    // B transposed (n, chunk)
-                         + 3 * qp + 2 * pp;  // decay exponents, weights, G row; y, gate
-    return static_cast<Index>(array_bytes<float>(floats) / sizeof(float) + array_bytes<double>(qp) / sizeof(float));
+    const Index floats = s.d_state * pp + 2 * chunk * pp + s.d_state * qp + qp * qp + qp + pp;
+    return static_cast<Index>(array_bytes<float>(floats) / sizeof(float) + array_bytes<double>(chunk) / sizeof(float));
   }
 
   Mamba2Kernel(const View<const float, 4>& x, const View<const float, 3>& dt, const View<const float, 1>& a,
@@ -121,23 +150,23 @@ class Mamba2Kernel {
     const Index bi = item / shape_.heads, h = item % shape_.heads;
     const Index g = h / (shape_.heads / shape_.groups);
     const Index p = shape_.head_dim, pp = round_up(p), n = shape_.d_state, q_max = chunk_, qp = round_up(chunk_);
-    float* state = scratch_ + scratch_floats(shape_, chunk_) * slot;  // (n, pp)
-    float* dtx = state + n * pp;                                      // (chunk, pp)
-    float* bt = dtx + q_max * pp;                                     // (n, qp)
-    float* exponent = bt + n * qp;                                    // (qp)
-    float* weight = exponent + qp;                                    // (qp)
-    float* g_row = weight + qp;                                       // (qp)
-    float* y = g_row + qp;                                            // (pp)
-    float* gate = y + pp;                                             // (pp)
-    double* cum = reinterpret_cast<double*>(scratch_ + scratch_floats(shape_, chunk_) * slot +
-                                            array_bytes<float>(n * pp + q_max * pp + n * qp + 3 * qp + 2 * pp) /
-                                                sizeof(float));  // (qp)
+    float* base = scratch_ + scratch_floats(shape_, chunk_) * slot;
+    Buffers buf;
+    buf.state = base;
+    buf.dtx = buf.state + n * pp;
+    buf.bt = buf.dtx + q_max * pp;
+    buf.scores = buf.bt + n * qp;
+    buf.y = buf.scores + qp * qp;
+    buf.exponent = buf.y + q_max * pp;
+    buf.gate = buf.exponent + qp;
+    buf.cum = reinterpret_cast<double*>(base + array_bytes<float>(buf.gate + pp - base) / sizeof(float));
 
     for (Index k = 0; k < n; ++k)
       for (Index i = 0; i < pp; ++i)
-        state[k * pp + i] = i < p && given(args_.initial_state) ? args_.initial_state(bi, h, i, k) : 0.0f;
-    std::fill(dtx, dtx + q_max * pp, 0.0f);
-    std::fill(gate, gate + pp, 0.0f);
+        buf.state[k * pp + i] = i < p && given(args_.initial_state) ? args_.initial_state(bi, h, i, k) : 0.0f;
+    std::fill(buf.dtx, buf.dtx + q_max * pp, 0.0f);
+    std::fill(buf.scores, buf.scores + qp * qp, 0.0f);
+    std::fill(buf.gate, buf.gate + pp, 0.0f);
     const float a = a_(h);
     const float bias = given(args_.dt_bias) ? args_.dt_bias(h) : 0.0f;
     const float skip = given(args_.d) ? args_.d(h) : 0.0f;
@@ -149,19 +178,19 @@ class Mamba2Kernel {
         float step = dt_(bi, t0 + t, h) + bias;
         if (options_.dt_softplus) step = softplus(step);
         running += static_cast<double>(step) * a;
-        cum[t] = running;
+        buf.cum[t] = running;
         const float* xt = x_.at(bi, t0 + t, h, 0);
-        for (Index i = 0; i < p; ++i) dtx[t * pp + i] = step * xt[i * x_.stride(3)];
+        for (Index i = 0; i < p; ++i) buf.dtx[t * pp + i] = step * xt[i * x_.stride(3)];
       }
       if (options_.form == Mamba2::Form::kRecurrent)
-        recurrent_token(bi, g, t0, static_cast<float>(std::exp(cum[0])), state, dtx, y);
+        recurrent_token(bi, g, t0, static_cast<float>(std::exp(buf.cum[0])), buf.state, buf.dtx, buf.y);
       else
-        chunk(bi, g, t0, q, cum, state, dtx, bt, exponent, weight, g_row, y, gate, skip, h);
-      if (options_.form == Mamba2::Form::kRecurrent) write_row(bi, h, t0, y, gate, skip);
+        chunk(bi, g, t0, q, buf);
+      for (Index t = 0; t < q; ++t) write_row(bi, h, t0 + t, buf.y + t * pp, buf.gate, skip);
     }
     if (given(args_.final_state))
       for (Index i = 0; i < p; ++i)
-        for (Index k = 0; k < n; ++k) args_.final_state(bi, h, i, k) = state[k * pp + i];
+        for (Index k = 0; k < n; ++k) args_.final_state(bi, h, i, k) = buf.state[k * pp + i];
   }
 
  private:
@@ -212,36 +241,46 @@ class Mamba2Kernel {
     for (int r = 0; r < R; ++r) Ops::store(y + r * W, acc[r]);
   }
 
-  // One chunk of q tokens starting at t0: outputs, then the state advanced past the chunk.
-  void chunk(Index bi, Index g, Index t0, Index q, const double* cum, float* state, const float* dtx, float* bt,
-             float* exponent, float* weight, float* g_row, float* y, float* gate, float skip, Index h) const {
+  // One chunk of q tokens starting at t0: outputs y (q, pp), then the state advanced past the chunk.
+  void chunk(Index bi, Index g, Index t0, Index q, const Buffers& buf) const {
     const Index pp = round_up(shape_.head_dim), qp = round_up(q), n = shape_.d_state;
-    const Index c_n = c_.stride(3);
+    const double* cum = buf.cum;
     for (Index k = 0; k < n; ++k)
-      for (Index j = 0; j < qp; ++j) bt[k * qp + j] = j < q ? b_(bi, t0 + j, g, k) : 0.0f;
+      for (Index j = 0; j < qp; ++j) buf.bt[k * qp + j] = j < q ? b_(bi, t0 + j, g, k) : 0.0f;
+    const float* c_rows = c_.at(bi, t0, g, 0);
+    const Index c_t = c_.stride(1), c_n = c_.stride(3);
+    // scores = C Bᵀ on and below the diagonal (row blocks of 4 stop at their last column) ...
+    for (Index i = 0; i < q; i += 4) {
+      const Index rows = std::min<Index>(4, q - i), cols = round_up(std::min(i + 4, q));
+      if (rows == 4)
+        product_rows<V, 4>(c_rows + i * c_t, c_t, c_n, n, buf.bt, qp, cols, buf.scores + i * qp, qp, 0.0f);
+      else
+        product<V>(c_rows + i * c_t, c_t, c_n, rows, n, buf.bt, qp, cols, buf.scores + i * qp, qp, 0.0f);
+    }
+    // ... times the segment-sum decays exp(cum_i - cum_j), zero above the diagonal.
     for (Index i = 0; i < q; ++i) {
-      const float* ci = c_.at(bi, t0 + i, g, 0);
-      const Index visible = round_up(i + 1);  // keys j <= i, padded to whole vectors
-      // G row: (C_i · B_j) · exp(cum_i - cum_j) for j <= i.
-      accumulate_rows<V>(ci, c_n, n, bt, qp, visible, g_row, 0.0f);
-      for (Index j = 0; j < visible; ++j) exponent[j] = j <= i ? static_cast<float>(cum[i] - cum[j]) : -INFINITY;
-      for (Index j = 0; j < visible; j += W)
-        Ops::store(g_row + j, Ops::load(g_row + j) * exp_approx(Ops::load(exponent + j)));
-      // y = exp(cum_i) · (C_i H) + Σ_{j <= i} G_ij dt_j x_j
-      accumulate_rows<V>(ci, c_n, n, state, pp, pp, y, 0.0f);
-      const float carried = static_cast<float>(std::exp(cum[i]));
-      for (Index v = 0; v < pp; v += W) Ops::store(y + v, Ops::load(y + v) * Ops::broadcast(carried));
-      accumulate_rows<V>(g_row, 1, i + 1, dtx, pp, pp, y, 1.0f);
-      write_row(bi, h, t0 + i, y, gate, skip);
+      float* row = buf.scores + i * qp;
+      const Index cols = round_up(std::min(i + 4 - i % 4, q));
+      for (Index j = 0; j < cols; ++j) buf.exponent[j] = j <= i ? static_cast<float>(cum[i] - cum[j]) : -INFINITY;
+      for (Index j = 0; j < cols; j += W)
+        Ops::store(row + j, Ops::load(row + j) * exp_approx(Ops::load(buf.exponent + j)));
     }
-    // H = exp(cum_last) H + Σ_j exp(cum_last - cum_j) B_j ⊗ dt_j x_j
+    // y = exp(cum_i) · C_i H (the state carried in) + scores · dt·x
+    product<V>(c_rows, c_t, c_n, q, n, buf.state, pp, pp, buf.y, pp, 0.0f);
+    for (Index i = 0; i < q; ++i) {
+      const V carried = Ops::broadcast(static_cast<float>(std::exp(cum[i])));
+      for (Index v = 0; v < pp; v += W) Ops::store(buf.y + i * pp + v, Ops::load(buf.y + i * pp + v) * carried);
+    }
+    for (Index i = 0; i < q; i += 4) {
+      const Index rows = std::min<Index>(4, q - i), depth = std::min(i + 4, q);
+      product<V>(buf.scores + i * qp, qp, 1, rows, depth, buf.dtx, pp, pp, buf.y + i * pp, pp, 1.0f);
+    }
+    // H = exp(cum_last) H + (B ∘ exp(cum_last - cum_j))ᵀ · dt·x
     const double last = cum[q - 1];
-    for (Index j = 0; j < q; ++j) weight[j] = static_cast<float>(std::exp(last - cum[j]));
-    const float total = static_cast<float>(std::exp(last));
-    for (Index k = 0; k < n; ++k) {
-      for (Index j = 0; j < q; ++j) g_row[j] = weight[j] * bt[k * qp + j];
-      accumulate_rows<V>(g_row, 1, q, dtx, pp, pp, state + k * pp, total);
-    }
+    for (Index j = 0; j < q; ++j) buf.exponent[j] = static_cast<float>(std::exp(last - cum[j]));
+    for (Index k = 0; k < n; ++k)
+      for (Index j = 0; j < q; ++j) buf.bt[k * qp + j] *= buf.exponent[j];
+    product<V>(buf.bt, qp, 1, n, q, buf.dtx, pp, pp, buf.state, pp, static_cast<float>(std::exp(last)));
   }
 
   View<const float, 4> x_;
