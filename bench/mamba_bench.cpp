@@ -6,7 +6,9 @@
 //   mamba_bench            L 1024 and 4096 (dense causal up to 4096), 1 and 2 threads; < 2 min
 //   mamba_bench --full     L 1024 .. 16384
 // Other arguments go to Google Benchmark (e.g. --benchmark_filter=mamba1).
+#include <algorithm>
 #include <attnkit/attnkit.hpp>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -64,6 +66,52 @@ void register_mamba1(Index len, int threads) {
         const auto out_view = ak::View<float, 3>::contiguous(out.data(), {1, len, kDInner});
         for (auto _ : state) scan(tok(u.data()), tok(delta.data()), a_view, bc(b.data()), bc(c.data()), out_view, args);
         set_common(state, scan.cost(tok(u.data()), tok(delta.data()), a_view, bc(b.data()), bc(c.data()), args), len);
+      })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
+}
+
+// ggml ssm_scan's algorithm, rewritten here as the same-process yardstick: token by token, channel
+// by channel, a scalar softplus and one scalar expf per (channel, state, token), the state
+// (d_inner, d_state) updated in place; y = Σ_n state · C (no D, no gate: ggml does those apart).
+class ScalarExpScan {
+ public:
+  explicit ScalarExpScan(Index len) : len_(len), state_(kDInner * kDState) {}
+  void operator()(const float* u, const float* delta, const float* a, const float* b, const float* c, float* y) {
+    std::fill(state_.begin(), state_.end(), 0.0f);
+    for (Index t = 0; t < len_; ++t)
+      for (Index i = 0; i < kDInner; ++i) {
+        const float dt = delta[t * kDInner + i];
+        const float dt_soft = dt <= 20.0f ? std::log1p(std::exp(dt)) : dt;
+        const float x_dt = u[t * kDInner + i] * dt_soft;
+        float* s = state_.data() + i * kDState;
+        float sum = 0.0f;
+        for (Index n = 0; n < kDState; ++n) {
+          s[n] = s[n] * std::exp(dt_soft * a[i * kDState + n]) + b[t * kDState + n] * x_dt;
+          sum += s[n] * c[t * kDState + n];
+        }
+        y[t * kDInner + i] = sum;
+      }
+  }
+
+ private:
+  Index len_;
+  std::vector<float> state_;
+};
+
+void register_scalar_exp_scan(Index len) {
+  bm::RegisterBenchmark(
+      ("scalar-expf/" + shape_name(len, 1)).c_str(),
+      [len](bm::State& state) {
+        const std::size_t tokens = static_cast<std::size_t>(len * kDInner);
+        const std::vector<float> u = values(tokens, 1, -1, 1), delta = values(tokens, 2, -4, 0);
+        const std::vector<float> b = values(len * kDState, 4, -1, 1), c = values(len * kDState, 5, -1, 1);
+        std::vector<float> a(kDInner * kDState), out(tokens);
+        for (Index i = 0; i < kDInner; ++i)
+          for (Index n = 0; n < kDState; ++n) a[i * kDState + n] = -float(n + 1);
+        ScalarExpScan scan(len);
+        for (auto _ : state) scan(u.data(), delta.data(), a.data(), b.data(), c.data(), out.data());
+        state.counters["tokens_per_s"] = bm::Counter(double(len), bm::Counter::kIsIterationInvariantRate);
       })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
@@ -138,15 +186,19 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
   };
   std::printf("\nMamba-1 selective scan, batch 1, d_inner %ld, d_state %ld, softplus + D + z gate, fp32\n",
               long(kDInner), long(kDState));
-  std::printf("%-14s %9s %10s %12s %9s %9s %11s\n", "case", "ms", "us/token", "vs ggml 180", "GB/s", "STREAM",
-              "of STREAM");
+  std::printf("%-14s %9s %10s %12s %16s %9s %9s %11s\n", "case", "ms", "us/token", "vs ggml 180", "vs scalar expf",
+              "GB/s", "STREAM", "of STREAM");
   for (const auto& [shape, impls] : results) {
     const auto* m = find(shape, "mamba1");
     if (m == nullptr) continue;
     const auto* stream = find("triad " + shape.substr(shape.rfind(' ') + 1), "stream");
     const double us = 1e6 / m->counters.at("tokens_per_s");
-    std::printf("%-14s %9.2f %10.2f %11.1fx %9.2f", shape.c_str(), m->seconds * 1e3, us, kGgmlMicrosPerToken / us,
-                m->counters.at("GBps"));
+    std::printf("%-14s %9.2f %10.2f %11.1fx", shape.c_str(), m->seconds * 1e3, us, kGgmlMicrosPerToken / us);
+    if (const auto* scalar = find(shape, "scalar-expf"))
+      std::printf(" %6.1fx (%5.1f us)", scalar->seconds / m->seconds, 1e6 / scalar->counters.at("tokens_per_s"));
+    else
+      std::printf(" %16s", "-");
+    std::printf(" %9.2f", m->counters.at("GBps"));
     if (stream != nullptr)
       std::printf(" %9.2f %10.1f%%", stream->counters.at("GBps"),
                   100.0 * m->counters.at("GBps") / stream->counters.at("GBps"));
@@ -202,6 +254,7 @@ int main(int argc, char** argv) {
   for (int threads : {1, 2})
     for (Index len : lengths) {
       register_mamba1(len, threads);
+      if (threads == 1 && len <= 4096) register_scalar_exp_scan(len);
       register_mamba2(len, threads, ak::Mamba2::Form::kChunked);
       register_mamba2(len, threads, ak::Mamba2::Form::kRecurrent);
       if (full || len <= 4096) register_dense(len, threads);

@@ -155,8 +155,7 @@ class MambaKernel {
       for (Index v = 0; v < vectors * W; v += W) {
         const Lanes lanes{dt_buf + v, du_buf + v, y_buf + v, a_buf + v, x_buf + v};
         Index n = 0;
-        for (; n + 8 <= n_state; n += 8) scan_states<8>(n, tokens, b_row, c_row, lanes);
-        if (n + 4 <= n_state) scan_states<4>(n, tokens, b_row, c_row, lanes), n += 4;
+        for (; n + 4 <= n_state; n += 4) scan_states<4>(n, tokens, b_row, c_row, lanes);
         if (n + 2 <= n_state) scan_states<2>(n, tokens, b_row, c_row, lanes), n += 2;
         if (n < n_state) scan_states<1>(n, tokens, b_row, c_row, lanes);
       }
