@@ -184,11 +184,19 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
     auto it = row->second.find(impl);
     return it == row->second.end() ? nullptr : &it->second;
   };
+  // Cases "L=<len> T<threads>" ordered by length, then threads.
+  std::vector<std::string> shapes;
+  for (const auto& entry : results)
+    if (entry.first.rfind("L=", 0) == 0) shapes.push_back(entry.first);
+  auto key = [](const std::string& shape) {
+    return std::pair<long, long>(std::stol(shape.substr(2)), std::stol(shape.substr(shape.rfind('T') + 1)));
+  };
+  std::sort(shapes.begin(), shapes.end(), [&](const std::string& a, const std::string& b) { return key(a) < key(b); });
   std::printf("\nMamba-1 selective scan, batch 1, d_inner %ld, d_state %ld, softplus + D + z gate, fp32\n",
               long(kDInner), long(kDState));
   std::printf("%-14s %9s %10s %12s %16s %9s %9s %11s\n", "case", "ms", "us/token", "vs ggml 180", "vs scalar expf",
               "GB/s", "STREAM", "of STREAM");
-  for (const auto& [shape, impls] : results) {
+  for (const std::string& shape : shapes) {
     const auto* m = find(shape, "mamba1");
     if (m == nullptr) continue;
     const auto* stream = find("triad " + shape.substr(shape.rfind(' ') + 1), "stream");
@@ -208,7 +216,7 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
               long(kHeads), long(kHeadDim), long(kStateDim), long(kHeads), long(kHeadDim));
   std::printf("%-14s %11s %8s %13s %8s %13s %14s\n", "case", "chunked ms", "GFLOP/s", "recurrent ms", "GFLOP/s",
               "chunked gain", "dense causal ms");
-  for (const auto& [shape, impls] : results) {
+  for (const std::string& shape : shapes) {
     const auto* chunked = find(shape, "mamba2-chunked");
     const auto* recurrent = find(shape, "mamba2-recurrent");
     const auto* dense = find(shape, "dense-causal");
