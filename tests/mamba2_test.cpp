@@ -8,6 +8,7 @@
 #include <attnkit/mechanism/mamba2.hpp>
 #include <attnkit/reference/mamba2.hpp>
 #include <cstring>
+#include <memory>
 
 #include "test_util.hpp"
 
@@ -313,4 +314,15 @@ TEST_CASE("mamba2 rejects bad input with a message naming the argument", "[mamba
                     Contains("args.initial_state: head_dim 6, expected 8"));
   CHECK_THROWS_WITH(ssd(x, dt, a, b, c, out, {.final_state = ak::View<float, 4>::contiguous(p, {2, 4, 8, 5})}),
                     Contains("args.final_state: d_state 5, expected 6"));
+
+  // A caller's workspace of exactly workspace_bytes() is enough; less is rejected.
+  const std::size_t bytes = ssd.workspace_bytes(x, dt, a, b, c);
+  CHECK(bytes > 0);
+  std::vector<float> block(bytes / sizeof(float) + 16);
+  void* aligned = block.data();
+  std::size_t space = block.size() * sizeof(float);
+  std::align(64, bytes, aligned, space);
+  CHECK_NOTHROW(ssd(x, dt, a, b, c, out, {.workspace = {aligned, bytes}}));
+  CHECK_THROWS_WITH(ssd(x, dt, a, b, c, out, {.workspace = {aligned, bytes - 64}}),
+                    Contains("workspace: ") && Contains("expected >= "));
 }

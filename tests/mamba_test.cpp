@@ -7,6 +7,7 @@
 #include <attnkit/mechanism/mamba.hpp>
 #include <attnkit/reference/mamba.hpp>
 #include <cstring>
+#include <memory>
 
 #include "test_util.hpp"
 
@@ -378,4 +379,15 @@ TEST_CASE("mamba rejects bad input with a message naming the argument", "[mamba]
                     Contains("args.initial_state: d_state 3, expected 4"));
   CHECK_THROWS_WITH(scan.step(u2, V2::contiguous(p, {2, 7}), a, b2, b2, state, out2),
                     Contains("delta: d_inner 7, expected 8"));
+
+  // A caller's workspace of exactly workspace_bytes() is enough; less is rejected.
+  const std::size_t bytes = scan.workspace_bytes(u, delta, a, b, c);
+  CHECK(bytes > 0);
+  std::vector<float> block(bytes / sizeof(float) + 16);
+  void* aligned = block.data();
+  std::size_t space = block.size() * sizeof(float);
+  std::align(64, bytes, aligned, space);
+  CHECK_NOTHROW(scan(u, delta, a, b, c, out, {.workspace = {aligned, bytes}}));
+  CHECK_THROWS_WITH(scan(u, delta, a, b, c, out, {.workspace = {aligned, bytes - 64}}),
+                    Contains("workspace: ") && Contains("expected >= "));
 }
