@@ -13,7 +13,7 @@
 // chunk of 16 tokens it stages delta (bias, softplus) and delta·u, then runs the recurrence
 // vector by vector of channels over register-held groups of states with
 // exp(delta A) from exp_approx, and applies D and the silu gate on the way out. Work items never
-// share data, so every backend and thread count gives the same bits as Simd.
+// share data, so OpenMP<Simd> gives Simd's bits at any thread count.
 // Not here: the reference (reference/mamba.hpp), Mamba-2 (mechanism/mamba2.hpp).
 #pragma once
 
@@ -299,7 +299,7 @@ class Attention<Mamba, Backend> {
 
   // Decode step on a caller-held state, in place: u, delta (batch, d_inner); b, c (batch, groups,
   // d_state); state (batch, d_inner, d_state) -> out (batch, d_inner). Equals the scan of one token
-  // with initial and final state `state`.
+  // with initial and final state `state` (so its errors name it args.initial_state).
   void step(const View<const float, 2>& u, const View<const float, 2>& delta, const View<const float, 2>& a,
             const View<const float, 3>& b, const View<const float, 3>& c, const View<float, 3>& state,
             const View<float, 2>& out, const StepArgs& step_args = {}) const {

@@ -8,12 +8,12 @@
 //   kChunked   Dao & Gu's SSD algorithm (ssd_minimal_discrete) over chunks of chunk_size tokens:
 //              per chunk, the masked C·Bᵀ with segment-sum decays exp(cum_i - cum_j) times dt·x
 //              (intra-chunk, quadratic in the chunk), plus C times the carried state decayed by
-//              exp(cum_i) (inter-chunk), then the state advanced by the chunk; every product is a
-//              small dense row-times-matrix product kept in vector registers. Segment sums are
+//              exp(cum_i) (inter-chunk), then the state advanced by the chunk; each of the three
+//              is a small dense product on 4-row x 3-vector register tiles. Segment sums are
 //              taken in double so a long chunk's decays lose no precision.
 //   kRecurrent the plain recurrence token by token (state (n, p) held in L1).
-// A work item is one (batch entry, head); items share nothing, so every backend and thread count
-// gives the same bits as Simd for a given form.
+// A work item is one (batch entry, head); items share nothing, so OpenMP<Simd> gives Simd's bits
+// at any thread count for a given form.
 // Not here: the reference (reference/mamba2.hpp), Mamba-1 (mechanism/mamba.hpp).
 #pragma once
 
