@@ -248,6 +248,42 @@ TEMPLATE_LIST_TEST_CASE("mamba2 carries the state between calls", "[mamba][mamba
   for (std::size_t i = 0; i < last.size(); ++i) CHECK(last[i] == Approx(full.state[i]).margin(1e-5));
 }
 
+TEMPLATE_LIST_TEST_CASE("mamba2 decode: one-token calls on a state held in place equal the scan", "[mamba][mamba2]",
+                        ak::test::Backends) {
+  const Mamba2Case whole{.len = 12,
+                         .heads = 4,
+                         .head_dim = 8,
+                         .groups = 2,
+                         .d_state = 8,
+                         .skip = true,
+                         .gate = true,
+                         .bias = true,
+                         .softplus = true,
+                         .initial = true};
+  const Mamba2Result scanned = check_mamba2<TestType>(whole, Form::kRecurrent);
+  Mamba2Run in(whole);
+  std::vector<float> state(in.initial.begin(), in.initial.end()), out(4 * 8);
+  const auto state_view = ak::View<float, 4>::contiguous(state.data(), {1, 4, 8, 8});
+  ak::Attention<ak::Mamba2, TestType> ssd({.dt_softplus = true, .form = Form::kRecurrent});
+  auto token = [](const auto& v, Index t) {
+    using View = std::remove_cvref_t<decltype(v)>;
+    auto extents = v.extents();
+    extents[1] = 1;
+    return View(v.data() + t * v.stride(1), extents, v.strides());
+  };
+  for (Index t = 0; t < whole.len; ++t) {
+    ssd(token(in.x.view, t), token(in.dt_view(whole), t), in.a_view(whole), token(in.b.view, t), token(in.c.view, t),
+        ak::bshd(out.data(), 1, 1, 4, 8),
+        {.d = in.args.d,
+         .z = token(in.z.view, t),
+         .dt_bias = in.args.dt_bias,
+         .initial_state = state_view,
+         .final_state = state_view});
+    for (std::size_t i = 0; i < out.size(); ++i) CHECK(out[i] == scanned.out[t * out.size() + i]);
+  }
+  CHECK(std::memcmp(state.data(), scanned.state.data(), state.size() * sizeof(float)) == 0);
+}
+
 TEST_CASE("mamba2 results are bitwise equal across backends and thread counts", "[mamba][mamba2]") {
   const Mamba2Case c{.batch = 2,
                      .len = 130,

@@ -221,6 +221,38 @@ TEMPLATE_LIST_TEST_CASE("mamba edge cases", "[mamba]", ak::test::Backends) {
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("mamba with time-invariant per-channel B and C (stride 0 over batch and L)", "[mamba]",
+                        ak::test::Backends) {
+  // selective_scan_ref's B, C of shape (d_inner, d_state): one group per channel, broadcast in time.
+  const Index batch = 2, len = 50, d_inner = 20, d_state = 16;
+  const std::vector<float> u = ak::test::uniform(batch * len * d_inner, 41),
+                           delta = ak::test::uniform(batch * len * d_inner, 42, 0.0f, 0.6f);
+  const std::vector<float> a = ak::test::uniform(d_inner * d_state, 43, -2.0f, -0.1f);
+  const std::vector<float> b = ak::test::uniform(d_inner * d_state, 44), c = ak::test::uniform(d_inner * d_state, 45);
+  const auto tokens = [&](const float* p) { return ak::View<const float, 3>::contiguous(p, {batch, len, d_inner}); };
+  const auto constant = [&](const float* p) {
+    return ak::View<const float, 4>(p, {batch, len, d_inner, d_state}, {0, 0, d_state, 1});
+  };
+  const auto a_view = ak::View<const float, 2>::contiguous(a.data(), {d_inner, d_state});
+  std::vector<float> out(batch * len * d_inner), naive(out.size());
+  std::vector<double> exact(out.size());
+  ak::Attention<ak::Mamba, TestType>()(tokens(u.data()), tokens(delta.data()), a_view, constant(b.data()),
+                                       constant(c.data()),
+                                       ak::View<float, 3>::contiguous(out.data(), {batch, len, d_inner}));
+  const ak::reference::MambaInputs in{tokens(u.data()), tokens(delta.data()), a_view, constant(b.data()),
+                                      constant(c.data())};
+  ak::reference::mamba<double>(in, ak::View<double, 3>::contiguous(exact.data(), {batch, len, d_inner}), {});
+  ak::reference::mamba<float>(in, ak::View<float, 3>::contiguous(naive.data(), {batch, len, d_inner}), {});
+  double float_error = 0, error = 0, magnitude = 0;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    float_error = std::max(float_error, std::abs(naive[i] - exact[i]));
+    error = std::max(error, std::abs(out[i] - exact[i]));
+    magnitude = std::max(magnitude, std::abs(exact[i]));
+  }
+  INFO("kernel error " << error << ", float reference error " << float_error);
+  CHECK(error <= ak::test::exact_tolerance(float_error, magnitude));
+}
+
 TEMPLATE_LIST_TEST_CASE("mamba on packed sequences resets the state at every offset", "[mamba]", ak::test::Backends) {
   const std::vector<std::int32_t> cu{0, 13, 13, 90, 91, 160};
   check_mamba<TestType>({.len = 160,
