@@ -12,3 +12,5 @@
 #include "attnkit/mechanism/linear.hpp"
 #include "attnkit/mechanism/performer.hpp"
 #include "attnkit/mechanism/performer_features.hpp"
+#include "attnkit/mechanism/mamba.hpp"
+#include "attnkit/mechanism/mamba2.hpp"

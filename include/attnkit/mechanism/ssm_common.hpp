@@ -1,0 +1,95 @@
+// Pieces shared by the state-space mechanisms (mechanism/mamba.hpp, mechanism/mamba2.hpp):
+// argument checks for views whose feature axis may be strided (Mamba's (batch, d_inner, L)
+// layout), and the softplus / silu activations on the backends' vector types.
+// Not here: the scans themselves.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <xsimd/xsimd.hpp>
+
+#include "attnkit/backend/exp.hpp"
+#include "attnkit/core/error.hpp"
+#include "attnkit/core/view.hpp"
+
+namespace attnkit::detail {
+
+// Non-negative extents and strides, data present when non-empty; any axis may be strided.
+template <class T, int Rank>
+void check_strided_view(const View<T, Rank>& view, const char* name) {
+  for (int axis = 0; axis < Rank; ++axis) {
+    ATTNKIT_CHECK(view.extent(axis) >= 0, name, ": extent ", axis, " is ", view.extent(axis), ", expected >= 0");
+    ATTNKIT_CHECK(view.stride(axis) >= 0, name, ": stride ", axis, " is ", view.stride(axis),
+                  ", expected >= 0 (negative strides are not supported)");
+  }
+  if (view.empty()) return;
+  ATTNKIT_CHECK(view.data() != nullptr, name, ": data is null, expected ", view.size(), " elements");
+}
+
+// check_strided_view plus exact extents; axes names the axes for the message.
+template <class T, int Rank, std::size_t N>
+void check_extents(const View<T, Rank>& view, const char* name, const std::array<Index, N>& expected,
+                   const std::array<const char*, N>& axes) {
+  static_assert(N == Rank, "one expected extent and one name per axis");
+  check_strided_view(view, name);
+  for (int axis = 0; axis < Rank; ++axis)
+    ATTNKIT_CHECK(view.extent(axis) == expected[axis], name, ": ", axes[axis], " ", view.extent(axis), ", expected ",
+                  expected[axis]);
+}
+
+// An optional argument is absent when its view has no data and no elements.
+template <class T, int Rank>
+bool given(const View<T, Rank>& view) {
+  return view.data() != nullptr || !view.empty();
+}
+
+// Every element of a small parameter view is finite (A, D, biases).
+template <int Rank>
+void check_finite(const View<const float, Rank>& view, const char* name) {
+  const float* p = view.data();
+  const Index rows = Rank == 1 ? 1 : view.extent(0);
+  const Index cols = view.extent(Rank - 1);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) {
+      const float value = p[(Rank == 1 ? 0 : r * view.stride(0)) + c * view.stride(Rank - 1)];
+      if (!std::isfinite(value)) {
+        if constexpr (Rank == 1)
+          fail(name, "[", c, "] is ", value, ", expected a finite real value");
+        else
+          fail(name, "(", r, ", ", c, ") is ", value, ", expected a finite real value");
+      }
+    }
+}
+
+// Packed sequences: offsets start at 0, never decrease and end at the token count.
+inline void check_cu_seqlens(std::span<const std::int32_t> cu, Index tokens, const char* name) {
+  ATTNKIT_CHECK(cu.size() >= 2, name, ": ", cu.size(), " offsets, expected sequences + 1 >= 2");
+  ATTNKIT_CHECK(cu[0] == 0, name, "[0] is ", cu[0], ", expected 0");
+  for (std::size_t s = 1; s < cu.size(); ++s)
+    ATTNKIT_CHECK(cu[s] >= cu[s - 1], name, "[", s, "] is ", cu[s], ", expected >= ", cu[s - 1],
+                  " (offsets are non-decreasing)");
+  ATTNKIT_CHECK(cu.back() == tokens, name, " ends at ", cu.back(), ", expected ", tokens,
+                " (tokens in the packed view)");
+}
+
+// softplus(x) = log(1 + e^x), and x itself above 20 (PyTorch's threshold, as in Mamba).
+inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+
+template <class Arch>
+xsimd::batch<float, Arch> softplus(const xsimd::batch<float, Arch>& x) {
+  using V = xsimd::batch<float, Arch>;
+  return xsimd::select(x > V(20.0f), x, xsimd::log1p(exp_approx(xsimd::min(x, V(20.0f)))));
+}
+
+// silu(x) = x / (1 + e^-x).
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+template <class Arch>
+xsimd::batch<float, Arch> silu(const xsimd::batch<float, Arch>& x) {
+  using V = xsimd::batch<float, Arch>;
+  return x / (V(1.0f) + exp_approx(-x));
+}
+
+}  // namespace attnkit::detail
