@@ -37,10 +37,10 @@ inline HeadMap make_head_map(Index q_heads, Index kv_heads) {
   return HeadMap{q_heads, kv_heads};
 }
 
-// Checks what every kernel assumes of a view: data present when non-empty, non-negative strides,
-// unit stride along the last (feature) axis.
+// Checks what every kernel assumes of a view: non-negative extents and strides, data present
+// when non-empty. Any axis may be strided (Mamba's (batch, d_inner, L) layout).
 template <class T, int Rank>
-void check_view(const View<T, Rank>& view, const char* name) {
+void check_strided_view(const View<T, Rank>& view, const char* name) {
   for (int axis = 0; axis < Rank; ++axis) {
     ATTNKIT_CHECK(view.extent(axis) >= 0, name, ": extent ", axis, " is ", view.extent(axis), ", expected >= 0");
     ATTNKIT_CHECK(view.stride(axis) >= 0, name, ": stride ", axis, " is ", view.stride(axis),
@@ -48,6 +48,14 @@ void check_view(const View<T, Rank>& view, const char* name) {
   }
   if (view.empty()) return;
   ATTNKIT_CHECK(view.data() != nullptr, name, ": data is null, expected ", view.size(), " elements");
+}
+
+// check_strided_view plus unit stride along the last (feature) axis, which the attention kernels
+// load as vectors.
+template <class T, int Rank>
+void check_view(const View<T, Rank>& view, const char* name) {
+  check_strided_view(view, name);
+  if (view.empty()) return;
   ATTNKIT_CHECK(view.extent(Rank - 1) == 1 || view.stride(Rank - 1) == 1, name, ": stride of the last axis is ",
                 view.stride(Rank - 1), ", expected 1");
 }

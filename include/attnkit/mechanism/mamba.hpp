@@ -303,11 +303,11 @@ class Attention<Mamba, Backend> {
   void step(const View<const float, 2>& u, const View<const float, 2>& delta, const View<const float, 2>& a,
             const View<const float, 3>& b, const View<const float, 3>& c, const View<float, 3>& state,
             const View<float, 2>& out, const StepArgs& step_args = {}) const {
-    detail::check_strided_view(u, "u");
-    detail::check_strided_view(b, "B");
-    detail::check_strided_view(c, "C");
-    detail::check_strided_view(out, "out");
-    detail::check_strided_view(step_args.z, "args.z");
+    check_strided_view(u, "u");
+    check_strided_view(b, "B");
+    check_strided_view(c, "C");
+    check_strided_view(out, "out");
+    check_strided_view(step_args.z, "args.z");
     Args args;
     args.d = step_args.d;
     args.z = token_axis(step_args.z);
@@ -333,7 +333,7 @@ class Attention<Mamba, Backend> {
                                      const View<const float, 2>& a, const View<const float, 4>& b,
                                      const View<const float, 4>& c, const View<float, 3>* out, const Args& args) {
     using detail::check_extents;
-    detail::check_strided_view(u, "u");
+    check_strided_view(u, "u");
     detail::MambaShape s;
     s.batch = u.extent(0);
     s.len = u.extent(1);
@@ -342,12 +342,12 @@ class Attention<Mamba, Backend> {
     const std::array<Index, 3> tokens{s.batch, s.len, s.d_inner};
     const std::array<const char*, 3> token_axes{"batch", "L", "d_inner"};
     check_extents(delta, "delta", tokens, token_axes);
-    detail::check_strided_view(a, "A");
+    check_strided_view(a, "A");
     s.d_state = a.extent(1);
     ATTNKIT_CHECK(a.extent(0) == s.d_inner, "A: d_inner ", a.extent(0), ", expected ", s.d_inner, " (u's d_inner)");
     ATTNKIT_CHECK(s.d_state >= 1, "A: d_state ", s.d_state, ", expected >= 1");
     detail::check_finite(a, "A");
-    detail::check_strided_view(b, "B");
+    check_strided_view(b, "B");
     s.groups = b.extent(2);
     ATTNKIT_CHECK(s.groups >= 1 && s.d_inner % s.groups == 0, "B: groups ", s.groups,
                   ", expected a divisor of d_inner ", s.d_inner);

@@ -365,7 +365,7 @@ class Attention<Mamba2, Backend> {
                                       const View<const float, 1>& a, const View<const float, 4>& b,
                                       const View<const float, 4>& c, const View<float, 4>* out, const Args& args) {
     using detail::check_extents;
-    detail::check_strided_view(x, "x");
+    check_strided_view(x, "x");
     detail::Mamba2Shape s;
     s.batch = x.extent(0);
     s.len = x.extent(1);
@@ -381,7 +381,7 @@ class Attention<Mamba2, Backend> {
     const std::array<const char*, 1> head_axis{"heads"};
     check_extents(a, "A", per_head, head_axis);
     detail::check_finite(a, "A");
-    detail::check_strided_view(b, "B");
+    check_strided_view(b, "B");
     s.groups = b.extent(2);
     s.d_state = b.extent(3);
     ATTNKIT_CHECK(s.groups >= 1 && s.heads % s.groups == 0, "B: groups ", s.groups, ", expected a divisor of heads ",

@@ -12,21 +12,10 @@
 
 #include "attnkit/backend/exp.hpp"
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 
 namespace attnkit::detail {
-
-// Non-negative extents and strides, data present when non-empty; any axis may be strided.
-template <class T, int Rank>
-void check_strided_view(const View<T, Rank>& view, const char* name) {
-  for (int axis = 0; axis < Rank; ++axis) {
-    ATTNKIT_CHECK(view.extent(axis) >= 0, name, ": extent ", axis, " is ", view.extent(axis), ", expected >= 0");
-    ATTNKIT_CHECK(view.stride(axis) >= 0, name, ": stride ", axis, " is ", view.stride(axis),
-                  ", expected >= 0 (negative strides are not supported)");
-  }
-  if (view.empty()) return;
-  ATTNKIT_CHECK(view.data() != nullptr, name, ": data is null, expected ", view.size(), " elements");
-}
 
 // check_strided_view plus exact extents; axes names the axes for the message.
 template <class T, int Rank, std::size_t N>
