@@ -120,40 +120,15 @@ TEMPLATE_LIST_TEST_CASE("dense edge cases", "[dense]", ak::test::Backends) {
     check_dense<TestType>({.q_len = 37, .kv_len = 515, .q_heads = 2, .head_dim = 13, .v_dim = 19});
     check_dense<TestType>({.q_len = 301, .kv_len = 301, .head_dim = 24, .causal = true});
   }
-  SECTION("GQA, MQA, SQA and reverse SQA head maps") {
-    check_dense<TestType>({.q_len = 20, .kv_len = 40, .q_heads = 8, .kv_heads = 2, .head_dim = 16});
-    check_dense<TestType>({.q_len = 20, .kv_len = 40, .q_heads = 6, .kv_heads = 1, .head_dim = 16, .causal = true});
-    check_dense<TestType>({.q_len = 20, .kv_len = 40, .q_heads = 2, .kv_heads = 6, .head_dim = 16});
-  }
-  SECTION("causal with q_len < kv_len and q_len > kv_len (rows that see no key)") {
-    check_dense<TestType>({.q_len = 17, .kv_len = 300, .q_heads = 4, .kv_heads = 2, .head_dim = 32, .causal = true});
-    check_dense<TestType>({.q_len = 60, .kv_len = 23, .q_heads = 2, .head_dim = 32, .causal = true});
-  }
-  SECTION("strided layouts") {
-    check_dense<TestType>({.batch = 2,
-                           .q_len = 33,
-                           .kv_len = 70,
-                           .q_heads = 4,
-                           .kv_heads = 2,
-                           .head_dim = 20,
-                           .causal = true,
-                           .layout = Layout::kBhsd});
-    check_dense<TestType>({.batch = 2,
-                           .q_len = 33,
-                           .kv_len = 70,
-                           .q_heads = 4,
-                           .kv_heads = 2,
-                           .head_dim = 20,
-                           .layout = Layout::kPaddedStrides});
+  SECTION("the shared attention edge cases") {
+    for (const auto& [what, c] : ak::test::attention_edge_cases<DenseCase>()) {
+      INFO(what);
+      check_dense<TestType>(c);
+    }
   }
   SECTION("large logits (scores around 1e4)") {
     check_dense<TestType>({.q_len = 40, .kv_len = 90, .head_dim = 16, .lo = -30.0f, .hi = 30.0f});
     check_dense<TestType>({.q_len = 40, .kv_len = 90, .head_dim = 16, .causal = true, .lo = -30.0f, .hi = 30.0f});
-  }
-  SECTION("empty batch, no queries, no keys") {
-    check_dense<TestType>({.batch = 0, .q_len = 5, .kv_len = 5});
-    check_dense<TestType>({.q_len = 0, .kv_len = 5});
-    check_dense<TestType>({.q_len = 4, .kv_len = 0, .causal = true});
   }
   SECTION("key splits for decode, with GQA and a causal tail") {
     check_dense<TestType>({.q_len = 1, .kv_len = 5000, .q_heads = 8, .kv_heads = 2, .head_dim = 32});
@@ -182,25 +157,6 @@ TEMPLATE_LIST_TEST_CASE("dense decode for every group size (rows per kv head 1 t
                            .layout = Layout::kBhsd,
                            .seed = std::uint32_t(50 + group)});
   }
-}
-
-TEMPLATE_LIST_TEST_CASE("dense with padded lengths per batch entry", "[dense]", ak::test::Backends) {
-  check_dense<TestType>({.batch = 3,
-                         .q_len = 30,
-                         .kv_len = 50,
-                         .q_heads = 4,
-                         .kv_heads = 2,
-                         .head_dim = 16,
-                         .q_lengths = {30, 0, 11},
-                         .kv_lengths = {50, 7, 0}});
-  check_dense<TestType>({.batch = 3,
-                         .q_len = 30,
-                         .kv_len = 50,
-                         .q_heads = 2,
-                         .head_dim = 16,
-                         .causal = true,
-                         .q_lengths = {12, 30, 1},
-                         .kv_lengths = {40, 9, 50}});
 }
 
 TEMPLATE_LIST_TEST_CASE("dense on packed variable-length sequences", "[dense]", ak::test::Backends) {

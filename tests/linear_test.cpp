@@ -116,55 +116,11 @@ TEMPLATE_LIST_TEST_CASE("linear edge cases", "[linear]", ak::test::Backends) {
     check_linear<TestType>({.q_len = 131, .kv_len = 197, .q_heads = 2, .head_dim = 13, .v_dim = 19});
     check_linear<TestType>({.q_len = 193, .kv_len = 193, .head_dim = 24, .v_dim = 9, .causal = true});
   }
-  SECTION("GQA, MQA and reverse SQA head maps") {
-    check_linear<TestType>({.q_len = 70, .kv_len = 70, .q_heads = 8, .kv_heads = 2, .head_dim = 16, .causal = true});
-    check_linear<TestType>({.q_len = 20, .kv_len = 40, .q_heads = 6, .kv_heads = 1, .head_dim = 16});
-    check_linear<TestType>({.q_len = 20, .kv_len = 40, .q_heads = 2, .kv_heads = 6, .head_dim = 16, .causal = true});
-  }
-  SECTION("causal with q_len < kv_len and q_len > kv_len (rows that see no key)") {
-    check_linear<TestType>({.q_len = 17, .kv_len = 150, .q_heads = 4, .kv_heads = 2, .head_dim = 32, .causal = true});
-    check_linear<TestType>({.q_len = 150, .kv_len = 23, .q_heads = 2, .head_dim = 32, .causal = true});
-  }
-  SECTION("strided layouts") {
-    check_linear<TestType>({.batch = 2,
-                            .q_len = 33,
-                            .kv_len = 70,
-                            .q_heads = 4,
-                            .kv_heads = 2,
-                            .head_dim = 20,
-                            .causal = true,
-                            .layout = Layout::kBhsd});
-    check_linear<TestType>({.batch = 2,
-                            .q_len = 33,
-                            .kv_len = 70,
-                            .q_heads = 4,
-                            .kv_heads = 2,
-                            .head_dim = 20,
-                            .layout = Layout::kPaddedStrides});
-  }
-  SECTION("empty batch, no queries, no keys") {
-    check_linear<TestType>({.batch = 0, .q_len = 5, .kv_len = 5});
-    check_linear<TestType>({.q_len = 0, .kv_len = 5, .causal = true});
-    check_linear<TestType>({.q_len = 4, .kv_len = 0});
-    check_linear<TestType>({.q_len = 4, .kv_len = 0, .causal = true});
-  }
-  SECTION("padded lengths per batch entry") {
-    check_linear<TestType>({.batch = 3,
-                            .q_len = 80,
-                            .kv_len = 90,
-                            .q_heads = 4,
-                            .kv_heads = 2,
-                            .head_dim = 16,
-                            .q_lengths = {80, 0, 11},
-                            .kv_lengths = {90, 7, 0}});
-    check_linear<TestType>({.batch = 3,
-                            .q_len = 80,
-                            .kv_len = 90,
-                            .q_heads = 2,
-                            .head_dim = 16,
-                            .causal = true,
-                            .q_lengths = {12, 80, 1},
-                            .kv_lengths = {70, 9, 90}});
+  SECTION("the shared attention edge cases") {
+    for (const auto& [what, c] : ak::test::attention_edge_cases<LinearCase>()) {
+      INFO(what);
+      check_linear<TestType>(c);
+    }
   }
   SECTION("a plugged-in feature map") {
     check_linear<TestType, SquarePlusHalf, SquarePlusHalfMap>(

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <random>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace attnkit::test {
@@ -61,6 +62,51 @@ struct Tensor4 {
           for (Index d = 0; d < view.extent(3); ++d) view(b, s, h, d) = values[next++];
   }
 };
+
+// The shape edge cases of design.md section 4 that every attention-like mechanism runs on, as
+// (what, case) pairs of the caller's case type: any struct with the members set here (batch,
+// q_len, kv_len, q_heads, kv_heads, head_dim, causal, layout, q_lengths, kv_lengths); its other
+// members keep their defaults. Lengths cross 64-position chunks.
+template <class Case>
+std::vector<std::pair<const char*, Case>> attention_edge_cases() {
+  struct Shape {
+    Index batch, q_len, kv_len, q_heads, kv_heads, head_dim;
+    bool causal;
+    Layout layout = Layout::kBshd;
+    std::vector<std::int32_t> q_lengths{}, kv_lengths{};
+  };
+  const std::pair<const char*, Shape> shapes[] = {
+      {"GQA", {1, 70, 70, 8, 2, 16, true}},
+      {"MQA", {1, 20, 40, 6, 1, 16, true}},
+      {"reverse SQA", {1, 20, 40, 2, 6, 16, false}},
+      {"causal, q_len < kv_len", {1, 17, 150, 4, 2, 32, true}},
+      {"causal, q_len > kv_len (rows that see no key)", {1, 100, 23, 2, 1, 32, true}},
+      {"BHSD layout", {2, 33, 70, 4, 2, 20, true, Layout::kBhsd}},
+      {"gaps between heads, rows and batch entries", {2, 33, 70, 4, 2, 20, false, Layout::kPaddedStrides}},
+      {"empty batch", {0, 5, 5, 1, 1, 8, false}},
+      {"no queries", {1, 0, 5, 1, 1, 8, true}},
+      {"no keys", {1, 4, 0, 1, 1, 8, false}},
+      {"no keys, causal", {1, 4, 0, 1, 1, 8, true}},
+      {"padded lengths", {3, 80, 90, 4, 2, 16, false, Layout::kBshd, {80, 0, 11}, {90, 7, 0}}},
+      {"padded lengths, causal", {3, 80, 90, 2, 1, 16, true, Layout::kBshd, {12, 80, 1}, {70, 9, 90}}},
+  };
+  std::vector<std::pair<const char*, Case>> cases;
+  for (const auto& [what, shape] : shapes) {
+    Case c{};
+    c.batch = shape.batch;
+    c.q_len = shape.q_len;
+    c.kv_len = shape.kv_len;
+    c.q_heads = shape.q_heads;
+    c.kv_heads = shape.kv_heads;
+    c.head_dim = shape.head_dim;
+    c.causal = shape.causal;
+    c.layout = shape.layout;
+    c.q_lengths = shape.q_lengths;
+    c.kv_lengths = shape.kv_lengths;
+    cases.emplace_back(what, c);
+  }
+  return cases;
+}
 
 // max |a - b| over a rank-4 view of float against one of Acc.
 template <class Acc>
