@@ -3,12 +3,14 @@
 // OpenBLAS sgemm rate, and STREAM triad bandwidth. Batch 1, MHA, BSHD contiguous inputs.
 #pragma once
 
+#include <benchmark/benchmark.h>
 #include <cblas.h>
 
 #include <Eigen/Core>
 #include <attnkit/attnkit.hpp>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace attnkit::bench {
@@ -151,5 +153,18 @@ class StreamTriad {
   int threads_;
   std::vector<float> a_, b_, c_;
 };
+
+// Registers "stream/triad T<threads>" with a GBps rate counter.
+inline void register_stream_triad(int threads) {
+  benchmark::RegisterBenchmark(("stream/triad T" + std::to_string(threads)).c_str(),
+                               [threads](benchmark::State& state) {
+                                 StreamTriad triad(Index(1) << 25, threads);
+                                 for (auto _ : state) triad();
+                                 state.counters["GBps"] = benchmark::Counter(
+                                     triad.bytes() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+                               })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
 
 }  // namespace attnkit::bench

@@ -77,23 +77,23 @@ void register_baseline(const std::string& name, const Prefill& p, const ak::benc
 }
 
 void register_prefill(const Prefill& p, bool baselines) {
-  bm::RegisterBenchmark(
-      ("attnkit/" + p.name()).c_str(),
-      [p](bm::State& state) {
-        Inputs in(p.n, p.n, p.q_heads, p.kv_heads, p.dim);
-        ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = p.causal}, ak::OpenMP<>{p.threads});
-        const auto q = ak::bshd(in.q.data(), 1, p.n, p.q_heads, p.dim),
-                   k = ak::bshd(in.k.data(), 1, p.n, p.kv_heads, p.dim),
-                   v = ak::bshd(in.v.data(), 1, p.n, p.kv_heads, p.dim);
-        const auto out = ak::bshd(in.out.data(), 1, p.n, p.q_heads, p.dim);
-        std::vector<std::byte> workspace_owner(attn.workspace_bytes(q, k, v) + 64);
-        void* aligned = workspace_owner.data();
-        std::size_t space = workspace_owner.size();
-        std::align(64, space - 64, aligned, space);
-        const ak::Workspace workspace{aligned, space};
-        for (auto _ : state) attn(q, k, v, out, {.workspace = workspace});
-        set_counters(state, attn.cost(q, k, v));
-      })
+  bm::RegisterBenchmark(("attnkit/" + p.name()).c_str(),
+                        [p](bm::State& state) {
+                          Inputs in(p.n, p.n, p.q_heads, p.kv_heads, p.dim);
+                          ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = p.causal},
+                                                                      ak::OpenMP<>{p.threads});
+                          const auto q = ak::bshd(in.q.data(), 1, p.n, p.q_heads, p.dim),
+                                     k = ak::bshd(in.k.data(), 1, p.n, p.kv_heads, p.dim),
+                                     v = ak::bshd(in.v.data(), 1, p.n, p.kv_heads, p.dim);
+                          const auto out = ak::bshd(in.out.data(), 1, p.n, p.q_heads, p.dim);
+                          std::vector<std::byte> workspace_owner(attn.workspace_bytes(q, k, v) + 64);
+                          void* aligned = workspace_owner.data();
+                          std::size_t space = workspace_owner.size();
+                          std::align(64, space - 64, aligned, space);
+                          const ak::Workspace workspace{aligned, space};
+                          for (auto _ : state) attn(q, k, v, out, {.workspace = workspace});
+                          set_counters(state, attn.cost(q, k, v));
+                        })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
   if (!baselines) return;
@@ -131,26 +131,12 @@ void register_yardsticks(const std::vector<int>& threads) {
                         })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
-  for (int t : threads)
-    bm::RegisterBenchmark(("stream/triad T" + std::to_string(t)).c_str(),
-                          [t](bm::State& state) {
-                            ak::bench::StreamTriad triad(Index(1) << 25, t);
-                            for (auto _ : state) triad();
-                            state.counters["GBps"] =
-                                bm::Counter(triad.bytes() * 1e-9, bm::Counter::kIsIterationInvariantRate);
-                          })
-        ->UseRealTime()
-        ->Unit(bm::kMillisecond);
+  for (int t : threads) ak::bench::register_stream_triad(t);
 }
 
 void print_table(const ak::bench::CollectingReporter& reporter) {
   const auto& results = reporter.results();
-  auto find = [&](const std::string& shape, const std::string& impl) -> const ak::bench::Measured* {
-    auto row = results.find(shape);
-    if (row == results.end()) return nullptr;
-    auto it = row->second.find(impl);
-    return it == row->second.end() ? nullptr : &it->second;
-  };
+  auto find = [&](const std::string& name, const std::string& impl) { return reporter.find(name, impl); };
   double sgemm = 0;
   if (auto* m = find("sgemm 2048^3 T1", "openblas")) sgemm = m->counters.at("GFLOPS");
   std::printf(
@@ -193,39 +179,28 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--full") == 0)
-      full = true;
-    else
-      args.push_back(argv[i]);
-  }
-  int count = static_cast<int>(args.size());
-  bm::Initialize(&count, args.data());
-
-  register_yardsticks({1, 2});
-  if (full) {
-    for (int threads : {1, 2})
-      for (Index dim : {64, 128})
-        for (Index n : {512, 1024, 2048, 4096, 8192})
-          for (bool causal : {false, true}) register_prefill({n, dim, causal, threads}, true);
-  } else {
-    register_prefill({4096, 128, false, 1}, true);
-    register_prefill({4096, 128, true, 1}, true);
-    register_prefill({4096, 64, false, 1}, true);
-    register_prefill({2048, 128, false, 1}, true);
-    register_prefill({4096, 128, false, 2}, true);
-    register_prefill({4096, 128, true, 2}, false);
-    register_prefill({2048, 128, false, 1, 32, 8}, false);  // GQA: K/V packed once per kv head
-  }
-  for (int threads : {1, 2}) {
-    register_decode({4096, 32, 8, 128, threads});
-    register_decode({32768, 32, 8, 128, threads});
-  }
-  ak::bench::CollectingReporter reporter;
-  bm::RunSpecifiedBenchmarks(&reporter);
-  print_table(reporter);
-  bm::Shutdown();
-  return 0;
+  return ak::bench::bench_main(
+      argc, argv,
+      [&](bool full) {
+        register_yardsticks({1, 2});
+        if (full) {
+          for (int threads : {1, 2})
+            for (Index dim : {64, 128})
+              for (Index n : {512, 1024, 2048, 4096, 8192})
+                for (bool causal : {false, true}) register_prefill({n, dim, causal, threads}, true);
+        } else {
+          register_prefill({4096, 128, false, 1}, true);
+          register_prefill({4096, 128, true, 1}, true);
+          register_prefill({4096, 64, false, 1}, true);
+          register_prefill({2048, 128, false, 1}, true);
+          register_prefill({4096, 128, false, 2}, true);
+          register_prefill({4096, 128, true, 2}, false);
+          register_prefill({2048, 128, false, 1, 32, 8}, false);  // GQA: K/V packed once per kv head
+        }
+        for (int threads : {1, 2}) {
+          register_decode({4096, 32, 8, 128, threads});
+          register_decode({32768, 32, 8, 128, threads});
+        }
+      },
+      [&](const ak::bench::CollectingReporter& reporter) { print_table(reporter); });
 }

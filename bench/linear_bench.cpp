@@ -129,13 +129,7 @@ void register_case(const Case& c) {
 }
 
 void print_table(const ak::bench::CollectingReporter& reporter, const std::vector<Case>& cases) {
-  const auto& results = reporter.results();
-  auto find = [&](const std::string& shape, const std::string& impl) -> const ak::bench::Measured* {
-    auto row = results.find(shape);
-    if (row == results.end()) return nullptr;
-    auto it = row->second.find(impl);
-    return it == row->second.end() ? nullptr : &it->second;
-  };
+  auto find = [&](const std::string& name, const std::string& impl) { return reporter.find(name, impl); };
   std::printf(
       "\nbatch 1, %ld heads, d %ld, fp32, 1 thread; speedup = dense time / time (same run); "
       "GFLOP/s = cost().flops / time\n",
@@ -193,26 +187,17 @@ void print_error_curve(Index n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--full") == 0)
-      full = true;
-    else
-      args.push_back(argv[i]);
-  }
-  int count = static_cast<int>(args.size());
-  bm::Initialize(&count, args.data());
-
   std::vector<Case> cases;
-  const Index largest = full ? 16384 : 4096;
-  for (bool causal : {false, true})
-    for (Index n = 512; n <= largest; n *= 2) cases.push_back({n, causal});
-  for (const Case& c : cases) register_case(c);
-  ak::bench::CollectingReporter reporter;
-  bm::RunSpecifiedBenchmarks(&reporter);
-  print_table(reporter, cases);
-  print_error_curve(1024);
-  bm::Shutdown();
-  return 0;
+  return ak::bench::bench_main(
+      argc, argv,
+      [&](bool full) {
+        const Index largest = full ? 16384 : 4096;
+        for (bool causal : {false, true})
+          for (Index n = 512; n <= largest; n *= 2) cases.push_back({n, causal});
+        for (const Case& c : cases) register_case(c);
+      },
+      [&](const ak::bench::CollectingReporter& reporter) {
+        print_table(reporter, cases);
+        print_error_curve(1024);
+      });
 }

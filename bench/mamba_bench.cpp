@@ -164,26 +164,9 @@ void register_dense(Index len, int threads) {
       ->Unit(bm::kMillisecond);
 }
 
-void register_stream(int threads) {
-  bm::RegisterBenchmark(("stream/triad T" + std::to_string(threads)).c_str(),
-                        [threads](bm::State& state) {
-                          ak::bench::StreamTriad triad(Index(1) << 25, threads);
-                          for (auto _ : state) triad();
-                          state.counters["GBps"] =
-                              bm::Counter(triad.bytes() * 1e-9, bm::Counter::kIsIterationInvariantRate);
-                        })
-      ->UseRealTime()
-      ->Unit(bm::kMillisecond);
-}
-
 void print_table(const ak::bench::CollectingReporter& reporter) {
   const auto& results = reporter.results();
-  auto find = [&](const std::string& shape, const std::string& impl) -> const ak::bench::Measured* {
-    auto row = results.find(shape);
-    if (row == results.end()) return nullptr;
-    auto it = row->second.find(impl);
-    return it == row->second.end() ? nullptr : &it->second;
-  };
+  auto find = [&](const std::string& name, const std::string& impl) { return reporter.find(name, impl); };
   // Cases "L=<len> T<threads>" ordered by length, then threads.
   std::vector<std::string> shapes;
   for (const auto& entry : results)
@@ -244,32 +227,21 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--full") == 0)
-      full = true;
-    else
-      args.push_back(argv[i]);
-  }
-  int count = static_cast<int>(args.size());
-  bm::Initialize(&count, args.data());
-
-  register_stream(1);
-  register_stream(2);
-  const std::vector<Index> lengths =
-      full ? std::vector<Index>{1024, 2048, 4096, 8192, 16384} : std::vector<Index>{1024, 4096};
-  for (int threads : {1, 2})
-    for (Index len : lengths) {
-      register_mamba1(len, threads);
-      if (threads == 1 && len <= 4096) register_scalar_exp_scan(len);
-      register_mamba2(len, threads, ak::Mamba2::Form::kChunked);
-      register_mamba2(len, threads, ak::Mamba2::Form::kRecurrent);
-      if (full || len <= 4096) register_dense(len, threads);
-    }
-  ak::bench::CollectingReporter reporter;
-  bm::RunSpecifiedBenchmarks(&reporter);
-  print_table(reporter);
-  bm::Shutdown();
-  return 0;
+  return ak::bench::bench_main(
+      argc, argv,
+      [&](bool full) {
+        ak::bench::register_stream_triad(1);
+        ak::bench::register_stream_triad(2);
+        const std::vector<Index> lengths =
+            full ? std::vector<Index>{1024, 2048, 4096, 8192, 16384} : std::vector<Index>{1024, 4096};
+        for (int threads : {1, 2})
+          for (Index len : lengths) {
+            register_mamba1(len, threads);
+            if (threads == 1 && len <= 4096) register_scalar_exp_scan(len);
+            register_mamba2(len, threads, ak::Mamba2::Form::kChunked);
+            register_mamba2(len, threads, ak::Mamba2::Form::kRecurrent);
+            if (full || len <= 4096) register_dense(len, threads);
+          }
+      },
+      [&](const ak::bench::CollectingReporter& reporter) { print_table(reporter); });
 }

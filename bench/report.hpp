@@ -36,8 +36,38 @@ class CollectingReporter : public benchmark::ConsoleReporter {
   // case -> implementation -> measurement
   const std::map<std::string, std::map<std::string, Measured>>& results() const { return results_; }
 
+  // The measurement of `implementation` on `name`, or null when it did not run.
+  const Measured* find(const std::string& name, const std::string& implementation) const {
+    const auto row = results_.find(name);
+    if (row == results_.end()) return nullptr;
+    const auto it = row->second.find(implementation);
+    return it == row->second.end() ? nullptr : &it->second;
+  }
+
  private:
   std::map<std::string, std::map<std::string, Measured>> results_;
 };
+
+// The main of a bench binary: takes --full out of the arguments, initialises Google Benchmark,
+// calls register_cases(full), runs with a CollectingReporter and passes it to print_table.
+template <class Register, class Print>
+int bench_main(int argc, char** argv, Register&& register_cases, Print&& print_table) {
+  bool full = false;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]) == "--full")
+      full = true;
+    else
+      args.push_back(argv[i]);
+  }
+  int count = static_cast<int>(args.size());
+  benchmark::Initialize(&count, args.data());
+  register_cases(full);
+  CollectingReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  print_table(reporter);
+  benchmark::Shutdown();
+  return 0;
+}
 
 }  // namespace attnkit::bench
