@@ -54,23 +54,16 @@ std::vector<float> check_dense(const DenseCase& c, Backend backend = {}) {
   ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, backend);
   attn(in.q.view, in.k.view, in.v.view, out.view, {.lengths = lengths, .lse = lse});
 
-  const std::size_t n = static_cast<std::size_t>(c.batch * c.q_len * out_heads(c) * v_dim(c)) + 1;
-  std::vector<double> exact(n), exact_lse(lse_data.size());
-  std::vector<float> naive(n), naive_lse(lse_data.size());
-  const std::array<Index, 4> out_shape{c.batch, c.q_len, out_heads(c), v_dim(c)};
+  std::vector<double> exact_lse(lse_data.size());
+  std::vector<float> naive_lse(lse_data.size());
   const std::array<Index, 3> lse_shape{c.batch, c.q_len, out_heads(c)};
-  auto exact_view = ak::View<double, 4>::contiguous(exact.data(), out_shape);
-  auto naive_view = ak::View<float, 4>::contiguous(naive.data(), out_shape);
+  const ak::test::ReferenceOutputs reference({c.batch, c.q_len, out_heads(c), v_dim(c)});
   const ak::reference::DenseOptions options{.causal = c.causal};
-  ak::reference::dense<double>(in.q.view, in.k.view, in.v.view, exact_view,
+  ak::reference::dense<double>(in.q.view, in.k.view, in.v.view, reference.exact,
                                ak::View<double, 3>::contiguous(exact_lse.data(), lse_shape), options, lengths);
-  ak::reference::dense<float>(in.q.view, in.k.view, in.v.view, naive_view,
+  ak::reference::dense<float>(in.q.view, in.k.view, in.v.view, reference.naive,
                               ak::View<float, 3>::contiguous(naive_lse.data(), lse_shape), options, lengths);
-
-  const double float_error = ak::test::max_abs_diff(naive_view, exact_view);
-  const double error = ak::test::max_abs_diff(out.view, exact_view);
-  INFO("kernel error " << error << ", float reference error " << float_error);
-  CHECK(error <= ak::test::exact_tolerance(float_error));
+  ak::test::check_exact(out.view, reference);
 
   double lse_float_error = 0, lse_error = 0;
   for (std::size_t i = 0; i + 1 < lse_data.size(); ++i) {
@@ -85,12 +78,7 @@ std::vector<float> check_dense(const DenseCase& c, Backend backend = {}) {
   const double lse_magnitude = c.hi * c.hi * static_cast<double>(c.head_dim);
   CHECK(lse_error <= ak::test::exact_tolerance(lse_float_error, lse_magnitude));
 
-  std::vector<float> flat;
-  for (Index b = 0; b < c.batch; ++b)
-    for (Index s = 0; s < c.q_len; ++s)
-      for (Index h = 0; h < out_heads(c); ++h)
-        for (Index d = 0; d < v_dim(c); ++d) flat.push_back(out.view(b, s, h, d));
-  return flat;
+  return ak::test::flatten(out.view);
 }
 
 }  // namespace

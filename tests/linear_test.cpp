@@ -65,25 +65,14 @@ std::vector<float> check_linear(const LinearCase& c, Backend backend = {}) {
   ak::Attention<ak::LinearWith<Map>, Backend> attn({.causal = c.causal}, backend);
   attn(in.q.view, in.k.view, in.v.view, out.view, {.lengths = lengths});
 
-  const std::array<Index, 4> out_shape{c.batch, c.q_len, out_heads(c), v_dim(c)};
-  const std::size_t n = static_cast<std::size_t>(c.batch * c.q_len * out_heads(c) * v_dim(c)) + 1;
-  std::vector<double> exact(n);
-  std::vector<float> naive(n);
-  const auto exact_view = ak::View<double, 4>::contiguous(exact.data(), out_shape);
-  const auto naive_view = ak::View<float, 4>::contiguous(naive.data(), out_shape);
-  ak::reference::linear<double>(in.q.view, in.k.view, in.v.view, exact_view, {.causal = c.causal}, lengths, RefMap{});
-  ak::reference::linear<float>(in.q.view, in.k.view, in.v.view, naive_view, {.causal = c.causal}, lengths, RefMap{});
-  const double float_error = ak::test::max_abs_diff(naive_view, exact_view);
-  const double error = ak::test::max_abs_diff(out.view, exact_view);
-  INFO("kernel error " << error << ", float reference error " << float_error);
-  CHECK(error <= ak::test::exact_tolerance(float_error));
+  const ak::test::ReferenceOutputs reference({c.batch, c.q_len, out_heads(c), v_dim(c)});
+  ak::reference::linear<double>(in.q.view, in.k.view, in.v.view, reference.exact, {.causal = c.causal}, lengths,
+                                RefMap{});
+  ak::reference::linear<float>(in.q.view, in.k.view, in.v.view, reference.naive, {.causal = c.causal}, lengths,
+                               RefMap{});
+  ak::test::check_exact(out.view, reference);
 
-  std::vector<float> flat;
-  for (Index b = 0; b < c.batch; ++b)
-    for (Index s = 0; s < c.q_len; ++s)
-      for (Index h = 0; h < out_heads(c); ++h)
-        for (Index d = 0; d < v_dim(c); ++d) flat.push_back(out.view(b, s, h, d));
-  return flat;
+  return ak::test::flatten(out.view);
 }
 
 }  // namespace

@@ -46,25 +46,12 @@ std::vector<float> check_performer(const PerformerCase& c, Backend backend = {})
   ak::Attention<ak::Performer, Backend> attn({.causal = c.causal}, backend);
   attn(q.view, k.view, v.view, w.view(), out.view, {.lengths = lengths});
 
-  const std::array<Index, 4> out_shape{c.batch, c.q_len, out_heads(c), v_dim(c)};
-  const std::size_t n = static_cast<std::size_t>(c.batch * c.q_len * out_heads(c) * v_dim(c)) + 1;
-  std::vector<double> exact(n);
-  std::vector<float> naive(n);
-  const auto exact_view = ak::View<double, 4>::contiguous(exact.data(), out_shape);
-  const auto naive_view = ak::View<float, 4>::contiguous(naive.data(), out_shape);
-  ak::reference::performer<double>(q.view, k.view, v.view, w.view(), exact_view, {.causal = c.causal}, lengths);
-  ak::reference::performer<float>(q.view, k.view, v.view, w.view(), naive_view, {.causal = c.causal}, lengths);
-  const double float_error = ak::test::max_abs_diff(naive_view, exact_view);
-  const double error = ak::test::max_abs_diff(out.view, exact_view);
-  INFO("kernel error " << error << ", float reference error " << float_error);
-  CHECK(error <= ak::test::exact_tolerance(float_error));
+  const ak::test::ReferenceOutputs reference({c.batch, c.q_len, out_heads(c), v_dim(c)});
+  ak::reference::performer<double>(q.view, k.view, v.view, w.view(), reference.exact, {.causal = c.causal}, lengths);
+  ak::reference::performer<float>(q.view, k.view, v.view, w.view(), reference.naive, {.causal = c.causal}, lengths);
+  ak::test::check_exact(out.view, reference);
 
-  std::vector<float> flat;
-  for (Index b = 0; b < c.batch; ++b)
-    for (Index s = 0; s < c.q_len; ++s)
-      for (Index h = 0; h < out_heads(c); ++h)
-        for (Index d = 0; d < v_dim(c); ++d) flat.push_back(out.view(b, s, h, d));
-  return flat;
+  return ak::test::flatten(out.view);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <attnkit/attnkit.hpp>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -126,6 +127,41 @@ double max_abs_diff(const View<float, 4>& a, const View<Acc, 4>& b) {
 // implementation of the same math, plus a tiny absolute floor.
 inline double exact_tolerance(double float_error, double magnitude = 1.0) {
   return 2.0 * float_error + 1e-6 * std::max(1.0, magnitude);
+}
+
+// Outputs of a mechanism's reference twin for one case: in double (the reference) and in float
+// (the straightforward float implementation the tolerance rule compares against), both
+// contiguous (batch, seq, head, dim).
+struct ReferenceOutputs {
+  std::vector<double> exact_data;
+  std::vector<float> naive_data;
+  View<double, 4> exact;
+  View<float, 4> naive;
+
+  explicit ReferenceOutputs(const std::array<Index, 4>& shape)
+      : exact_data(static_cast<std::size_t>(shape[0] * shape[1] * shape[2] * shape[3]) + 1),
+        naive_data(exact_data.size()),
+        exact(View<double, 4>::contiguous(exact_data.data(), shape)),
+        naive(View<float, 4>::contiguous(naive_data.data(), shape)) {}
+};
+
+// Checks a kernel's output against the references with the tolerance rule.
+inline void check_exact(const View<float, 4>& got, const ReferenceOutputs& reference) {
+  const double float_error = max_abs_diff(reference.naive, reference.exact);
+  const double error = max_abs_diff(got, reference.exact);
+  INFO("kernel error " << error << ", float reference error " << float_error);
+  CHECK(error <= exact_tolerance(float_error));
+}
+
+// The elements of a rank-4 view in logical order (for bitwise comparisons across backends).
+inline std::vector<float> flatten(const View<float, 4>& x) {
+  std::vector<float> flat;
+  flat.reserve(static_cast<std::size_t>(x.size()));
+  for (Index b = 0; b < x.extent(0); ++b)
+    for (Index s = 0; s < x.extent(1); ++s)
+      for (Index h = 0; h < x.extent(2); ++h)
+        for (Index d = 0; d < x.extent(3); ++d) flat.push_back(x(b, s, h, d));
+  return flat;
 }
 
 }  // namespace attnkit::test
