@@ -9,3 +9,4 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/mechanism/dense.hpp"
+#include "attnkit/mechanism/probsparse.hpp"
