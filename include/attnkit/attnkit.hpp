@@ -8,5 +8,6 @@
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
+#include "attnkit/mechanism/combiner.hpp"
 #include "attnkit/mechanism/dense.hpp"
 #include "attnkit/mechanism/probsparse.hpp"
