@@ -5,8 +5,11 @@
 #include <catch2/catch.hpp>
 
 #include <attnkit/mechanism/combiner.hpp>
+#include <attnkit/mechanism/combiner_logsparse.hpp>
 #include <attnkit/reference/combiner.hpp>
 #include <attnkit/reference/dense.hpp>
+
+#include <bit>
 
 #include "test_util.hpp"
 
@@ -200,4 +203,113 @@ TEST_CASE("combiner-fixed rejects bad input naming the argument", "[combiner]") 
   CHECK_THROWS_WITH(attn(q.view, null_k, v.view, out.view), Contains("k: data is null"));
   const ak::View<const float, 4> negative(q.view.data(), q.view.extents(), {-1, 8, 4, 1});
   CHECK_THROWS_WITH(attn(negative, k.view, v.view, out.view), Contains("q: stride 0 is -1"));
+}
+
+// ---- Combiner-Logsparse ----
+
+namespace {
+
+template <class Backend>
+void check_logsparse(const CombinerCase& c, Backend backend = {}) {
+  INFO("logsparse batch " << c.batch << " n " << c.n << " heads " << c.q_heads << "/" << c.kv_heads << " dims "
+                          << c.head_dim << "/" << v_dim_of(c) << " causal " << c.causal);
+  CombinerRun in(c);
+  ak::Attention<ak::CombinerLogsparse, Backend> attn({.causal = c.causal}, backend);
+  attn(in.q.view, in.k.view, in.v.view, in.out.view);
+  const std::array<Index, 4> shape{c.batch, c.n, out_heads(c), v_dim_of(c)};
+  std::vector<double> exact(static_cast<std::size_t>(c.batch * c.n * out_heads(c) * v_dim_of(c)) + 1);
+  std::vector<float> naive(exact.size());
+  auto exact_view = ak::View<double, 4>::contiguous(exact.data(), shape);
+  auto naive_view = ak::View<float, 4>::contiguous(naive.data(), shape);
+  ak::reference::combiner_logsparse<double>(in.q.view, in.k.view, in.v.view, exact_view, {.causal = c.causal});
+  ak::reference::combiner_logsparse<float>(in.q.view, in.k.view, in.v.view, naive_view, {.causal = c.causal});
+  const double float_error = ak::test::max_abs_diff(naive_view, exact_view);
+  const double error = ak::test::max_abs_diff(in.out.view, exact_view);
+  INFO("kernel error " << error << ", float reference error " << float_error);
+  CHECK(error <= ak::test::exact_tolerance(float_error));
+}
+
+}  // namespace
+
+TEST_CASE("combiner-logsparse coverage: every key once, along the bits of i", "[combiner]") {
+  for (Index n : {1, 2, 7, 64, 100}) {
+    for (Index i = 0; i < n; ++i) {
+      std::vector<int> hits(static_cast<std::size_t>(n), 0);
+      hits[i] += 1;
+      Index spans = 0;
+      auto mark = [&](ak::LogSpan s) {
+        ++spans;
+        for (Index j = s.chunk << s.level; j < (s.chunk + 1) << s.level; ++j) hits[j] += 1;
+      };
+      ak::combiner_log_split(0, i, mark);
+      CHECK(spans == static_cast<Index>(std::popcount(static_cast<std::uint64_t>(i))));
+      ak::combiner_log_split(i + 1, n, mark);
+      CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
+      CHECK(spans <= 2 * static_cast<Index>(std::bit_width(static_cast<std::uint64_t>(n))));
+    }
+  }
+  // The reference code's i = 5 sees {5} and [0, 4) only; here [4, 5) is a level-0 span.
+  std::vector<std::pair<Index, Index>> five;
+  ak::combiner_log_split(0, 5, [&](ak::LogSpan s) { five.push_back({s.level, s.chunk}); });
+  CHECK(five == std::vector<std::pair<Index, Index>>{{2, 0}, {0, 4}});
+}
+
+TEMPLATE_LIST_TEST_CASE("combiner-logsparse matches the reference", "[combiner]", ak::test::Backends) {
+  std::mt19937 rng(13);
+  const std::array<std::pair<Index, Index>, 4> head_maps{{{1, 1}, {2, 1}, {4, 2}, {2, 4}}};
+  const std::array<Index, 4> dims{1, 7, 16, 33};
+  for (int trial = 0; trial < 6; ++trial) {
+    CombinerCase c;
+    c.batch = 1 + rng() % 2;
+    c.n = 1 + rng() % 90;
+    std::tie(c.q_heads, c.kv_heads) = head_maps[rng() % head_maps.size()];
+    c.head_dim = dims[rng() % dims.size()];
+    c.v_dim = rng() % 2 ? 0 : dims[rng() % dims.size()];
+    c.causal = rng() % 2;
+    c.layout = static_cast<Layout>(rng() % 3);
+    c.seed = 700 + trial;
+    check_logsparse<TestType>(c);
+  }
+  for (bool causal : {false, true}) {
+    check_logsparse<TestType>({.n = 1, .causal = causal});
+    check_logsparse<TestType>({.n = 2, .head_dim = 5, .causal = causal});
+    check_logsparse<TestType>({.n = 64, .causal = causal});                  // a power of two
+    check_logsparse<TestType>({.n = 300, .head_dim = 8, .causal = causal});  // a 256-key span, rows over one item
+    check_logsparse<TestType>(
+        {.n = 45, .q_heads = 2, .kv_heads = 4, .causal = causal, .layout = Layout::kPaddedStrides});
+    check_logsparse<TestType>({.n = 40, .causal = causal, .lo = -40.0f, .hi = 40.0f});
+    check_logsparse<TestType>({.batch = 0, .causal = causal});
+    check_logsparse<TestType>({.n = 0, .causal = causal});
+  }
+}
+
+TEST_CASE("combiner-logsparse results, workspace, cost and errors", "[combiner]") {
+  using Catch::Matchers::Contains;
+  CombinerRun a({.batch = 2, .n = 150, .q_heads = 4, .kv_heads = 2});
+  CombinerRun b({.batch = 2, .n = 150, .q_heads = 4, .kv_heads = 2});
+  ak::Attention<ak::CombinerLogsparse, ak::OpenMP<>> one({}, ak::OpenMP<>{1}), three({}, ak::OpenMP<>{3});
+  one(a.q.view, a.k.view, a.v.view, a.out.view);
+  const std::size_t bytes = three.workspace_bytes(b.q.view, b.k.view, b.v.view);
+  std::vector<std::byte> owner(bytes + 64);
+  void* aligned = owner.data();
+  std::size_t space = owner.size();
+  std::align(64, bytes, aligned, space);
+  three(b.q.view, b.k.view, b.v.view, b.out.view, {.workspace = {aligned, bytes}});
+  CHECK(a.out.data == b.out.data);
+
+  // N = 4, causal: spans 2·(4 + 4 + 4) keys (levels 0..2); rows 1 + popcount(i) = 1, 2, 2, 3.
+  CombinerRun small({.n = 4, .head_dim = 8});
+  ak::Attention<ak::CombinerLogsparse, ak::Scalar> causal({.causal = true});
+  CHECK(causal.cost(small.q.view, small.k.view, small.v.view).flops == 2.0 * 16 * (12 + 8));
+  CHECK(causal.name().rfind("combiner-logsparse/", 0) == 0);
+
+  CHECK_THROWS_WITH((ak::Attention<ak::CombinerLogsparse, ak::Scalar>({.scale = -2.0f})),
+                    Contains("options.scale is -2, expected a finite value > 0"));
+  CombinerRun longer({.n = 5, .head_dim = 8});
+  CHECK_THROWS_WITH(causal(small.q.view, longer.k.view, longer.v.view, small.out.view),
+                    Contains("k: seq 5, expected 4 (q's seq: Combiner is self-attention)"));
+  CHECK_THROWS_WITH(causal(small.q.view, small.k.view, longer.v.view, small.out.view),
+                    Contains("v: seq 5, expected 4"));
+  CHECK_THROWS_WITH(causal(small.q.view, small.k.view, small.v.view, longer.out.view),
+                    Contains("out: seq 5, expected 4"));
 }

@@ -9,5 +9,6 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/mechanism/combiner.hpp"
+#include "attnkit/mechanism/combiner_logsparse.hpp"
 #include "attnkit/mechanism/dense.hpp"
 #include "attnkit/mechanism/probsparse.hpp"
