@@ -1,4 +1,4 @@
-// Sub-quadratic approximations (Combiner-Fixed, ProbSparse) against the dense kernel on the same
+// Sub-quadratic approximations (Combiner-Fixed, Combiner-Logsparse, ProbSparse) against the dense kernel on the same
 // inputs and threads: time, FLOPs performed (cost()), speedup over dense measured in the same run,
 // relative error ||approx - dense||_F / ||dense||_F, and the fitted growth exponent of time in N.
 //   sparse_approx_bench          N 1024..8192, d 64, 2 heads, non-causal (under 2 minutes)
@@ -108,7 +108,7 @@ double growth_exponent(const std::vector<std::pair<double, double>>& points) {
 
 void print_table(const ak::bench::CollectingReporter& reporter, const std::vector<Index>& sizes) {
   const auto& results = reporter.results();
-  const char* impls[] = {"dense", "combiner-fixed", "probsparse"};
+  const char* impls[] = {"dense", "combiner-fixed", "combiner-logsparse", "probsparse"};
   for (bool causal : {false, true}) {
     bool header = false;
     std::map<std::string, std::vector<std::pair<double, double>>> growth;
@@ -121,7 +121,7 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
             "\nbatch 1, %lld heads, d %lld, %d thread, fp32%s (speedup = dense time / time; rel err = "
             "||out - dense||_F / ||dense||_F)\n",
             static_cast<long long>(kHeads), static_cast<long long>(kDim), kThreads, causal ? ", causal" : "");
-        std::printf("%-8s %-15s %11s %11s %9s %9s %10s\n", "N", "mechanism", "ms", "GFLOP", "GFLOP/s", "speedup",
+        std::printf("%-8s %-18s %11s %11s %9s %9s %10s\n", "N", "mechanism", "ms", "GFLOP", "GFLOP/s", "speedup",
                     "rel err");
         header = true;
       }
@@ -130,7 +130,7 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
         if (it == row->second.end()) continue;
         const ak::bench::Measured& m = it->second;
         growth[impl].emplace_back(static_cast<double>(n), m.seconds);
-        std::printf("%-8lld %-15s %11.2f %11.3f %9.1f", static_cast<long long>(n), impl, m.seconds * 1e3,
+        std::printf("%-8lld %-18s %11.2f %11.3f %9.1f", static_cast<long long>(n), impl, m.seconds * 1e3,
                     m.counters.at("FLOPs") * 1e-9, m.counters.at("GFLOPS"));
         if (dense != row->second.end())
           std::printf(" %8.1fx", dense->second.seconds / m.seconds);
@@ -143,7 +143,7 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
       }
     }
     for (const auto& [impl, points] : growth)
-      std::printf("growth exponent (time ~ N^p, least squares over %zu sizes): %-15s p = %.2f\n", points.size(),
+      std::printf("growth exponent (time ~ N^p, least squares over %zu sizes): %-18s p = %.2f\n", points.size(),
                   impl.c_str(), growth_exponent(points));
   }
 }
@@ -170,6 +170,7 @@ int main(int argc, char** argv) {
     for (Index n : sizes) {
       register_case<ak::Dense>("dense", n, causal, {.causal = causal});
       register_case<ak::CombinerFixed>("combiner-fixed", n, causal, {.causal = causal});
+      register_case<ak::CombinerLogsparse>("combiner-logsparse", n, causal, {.causal = causal});
       register_case<ak::ProbSparse>("probsparse", n, causal, {.causal = causal});
     }
   ak::bench::CollectingReporter reporter;
