@@ -124,6 +124,11 @@ class CombinerLogsparseKernel {
     float* acc = arena.take<float>(std::max(plan_.max_set, v_dim));  // (v_dim)
     for (Index c = 0; c < (shape_.q_len >> level); ++c) {
       float* ks = span_key(head, level, c);
+      if (level == 0) {  // one key: the span is the key and its value, exactly
+        std::copy_n(k_.at(batch, c, kh, 0), dim, ks);
+        std::copy_n(v_.at(batch, c, kh, 0), v_dim, span_value(head, 0, c));
+        continue;
+      }
       std::fill(ks, ks + dim, tile::kNegInf);
       std::fill(qbar, qbar + dim, tile::kNegInf);
       for (Index j = c * width; j < (c + 1) * width; ++j) {
