@@ -10,7 +10,8 @@
 // so out_i = Σ_direct p v_j + Σ_indirect p vs_r. Head mapping: see HeadMap (span values depend
 // on the query head, so they are per out head). A segment is a work item in both passes (spans,
 // then rows), so results do not depend on the thread count.
-// Not here: the reference (reference/combiner.hpp); Combiner-Logsparse; varlen / packed batches.
+// Not here: the reference (reference/combiner.hpp); Combiner-Logsparse (combiner_logsparse.hpp);
+// varlen / packed batches (not supported).
 #pragma once
 
 #include <algorithm>
