@@ -1,0 +1,67 @@
+// Online-softmax attention of a few query rows over one set of keys read in place: the building
+// block of the sparse mechanisms (Combiner, ProbSparse), whose rows see one or more key sets (a
+// segment's keys, span summaries, a causal prefix) joined in a single softmax.
+//   attend_key_set   scores (score_rows_in_place), per-row visible range, online softmax
+//                    (softmax_block_row) and O += P·V (accumulate_pv), key block by key block.
+// The caller owns the rows' SoftmaxRow states and accumulators and finalises them with
+// tile::finalize_row after its last key set. Not here: packing (pack.hpp), the micro-kernels.
+#pragma once
+
+#include <algorithm>
+
+#include "attnkit/backend/vec.hpp"
+#include "attnkit/core/view.hpp"
+#include "attnkit/tile/mask.hpp"
+#include "attnkit/tile/microkernel.hpp"
+#include "attnkit/tile/online_softmax.hpp"
+#include "attnkit/tile/tile_shape.hpp"
+
+namespace attnkit::tile {
+
+// Keys per block of attend_key_set; its score buffer holds RegisterTile<V>::mr rows of this many.
+inline constexpr Index kKeySetBlock = 256;
+
+// Floats of the score buffer attend_key_set needs.
+template <class V>
+constexpr Index key_set_score_floats() {
+  return RegisterTile<V>::mr * kKeySetBlock;
+}
+
+// Attends `rows` (1..mr) query rows to keys [0, keys) of one key set.
+//   q_rows: mr pointers to pre-scaled (head_dim) rows (rows past `rows` may repeat a real row);
+//   k: key j at k + j * ldk (head_dim); v: value j at v + j * ldv (v_dim);
+//   ranges: per row, the keys of this set it sees (half-open, may be empty);
+//   scores: key_set_score_floats<V>() floats of scratch;
+//   states: per-row running softmax; acc: (rows, ldo) unnormalised outputs, v_dim <= ldo.
+template <class V>
+inline void attend_key_set(const float* const* q_rows, Index rows, const float* k, Index ldk, const float* v, Index ldv,
+                           Index keys, Index head_dim, Index v_dim, const KeyRange* ranges, float* scores,
+                           SoftmaxRow* states, float* acc, Index ldo) {
+  constexpr int W = VecOps<V>::width;
+  constexpr int MR = RegisterTile<V>::mr;
+  constexpr Index lds = kKeySetBlock;
+  Index seen_begin = keys, seen_end = 0;  // keys any row sees
+  for (Index r = 0; r < rows; ++r) {
+    if (ranges[r].begin >= ranges[r].end) continue;
+    seen_begin = std::min(seen_begin, ranges[r].begin);
+    seen_end = std::max(seen_end, std::min(ranges[r].end, keys));
+  }
+  for (Index block = seen_begin; block < seen_end; block += kKeySetBlock) {
+    const Index n = std::min(kKeySetBlock, seen_end - block);
+    const Index padded = (n + W - 1) / W * W;
+    with_tile_rows<MR>(rows, [&](auto tile_rows) {
+      score_rows_in_place<V, tile_rows()>(q_rows, k + block * ldk, ldk, n, head_dim, scores, lds);
+    });
+    for (Index r = 0; r < rows; ++r) {
+      float* s = scores + r * lds;  // (padded)
+      mask_block_row(s, padded, block, ranges[r], kNegInf);
+      const float rescale = softmax_block_row<V>(s, padded, 1.0f, states[r]);
+      if (rescale != 1.0f) scale_row<V>(acc + r * ldo, v_dim, rescale);
+    }
+    with_tile_rows<MR>(rows, [&](auto tile_rows) {
+      accumulate_pv<V, tile_rows()>(scores, lds, v + block * ldv, ldv, n, v_dim, acc, ldo);
+    });
+  }
+}
+
+}  // namespace attnkit::tile
