@@ -8,4 +8,5 @@
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
+#include "attnkit/mechanism/block_sparse.hpp"
 #include "attnkit/mechanism/dense.hpp"
