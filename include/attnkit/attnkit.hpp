@@ -10,3 +10,4 @@
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/mechanism/block_sparse.hpp"
 #include "attnkit/mechanism/dense.hpp"
+#include "attnkit/mechanism/xattention.hpp"

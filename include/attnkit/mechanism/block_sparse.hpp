@@ -53,6 +53,25 @@ struct BlockMask {
   }
 };
 
+// Per (batch, head), (batch * heads) values: the fraction of the blocks holding at least one
+// visible (query, key) pair that the mask lists (blocks past the causal diagonal never count).
+inline std::vector<double> block_density(const BlockMask& mask, Index q_len, Index kv_len, Index block, bool causal) {
+  std::vector<double> density;
+  auto visible = [&](Index qb, Index kb) {
+    return !causal || kb * block <= std::min(qb * block + block - 1, q_len - 1) + kv_len - q_len;
+  };
+  for (Index b = 0; b < mask.batch; ++b)
+    for (Index h = 0; h < mask.heads; ++h) {
+      double listed = 0, all = 0;
+      for (Index qb = 0; qb < mask.q_blocks; ++qb) {
+        for (Index kb = 0; kb < mask.kv_blocks; ++kb) all += visible(qb, kb);
+        for (const std::int32_t kb : mask.blocks(b, h, qb)) listed += visible(qb, kb);
+      }
+      density.push_back(all > 0 ? listed / all : 0.0);
+    }
+  return density;
+}
+
 struct BlockSparse {
   struct Options {
     Index block = 128;             // query and key block size, >= 1
