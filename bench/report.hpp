@@ -17,6 +17,20 @@ struct Measured {
   std::map<std::string, double> counters;
 };
 
+// Removes `flag` from argv (before benchmark::Initialize sees it); true when it was there.
+inline bool take_flag(int& argc, char** argv, const char* flag) {
+  bool found = false;
+  int kept = 0;
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]) == flag)
+      found = true;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  return found;
+}
+
 class CollectingReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {

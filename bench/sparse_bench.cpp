@@ -180,16 +180,8 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--full") == 0)
-      full = true;
-    else
-      args.push_back(argv[i]);
-  }
-  int count = static_cast<int>(args.size());
-  bm::Initialize(&count, args.data());
+  const bool full = ak::bench::take_flag(argc, argv, "--full");
+  bm::Initialize(&argc, argv);
   for (const Index n : full ? std::vector<Index>{2048, 4096, 8192, 16384, 32768} : std::vector<Index>{4096, 16384})
     for (const bool local : {false, true}) register_case(n, local, full);
   ak::bench::CollectingReporter reporter;

@@ -42,16 +42,7 @@ TEMPLATE_LIST_TEST_CASE("block-sparse matches its reference on random masks", "[
   std::mt19937 rng(91);
   const std::array<Index, 5> blocks{16, 40, 64, 128, 7};
   for (int trial = 0; trial < 10; ++trial) {
-    MaskedCase c;
-    c.batch = 1 + rng() % 2;
-    c.q_len = 1 + rng() % 300;
-    c.kv_len = 1 + rng() % 300;
-    c.q_heads = 2 * (1 + rng() % 2);
-    c.kv_heads = rng() % 2 ? c.q_heads : 1;
-    c.head_dim = 1 + rng() % 40;
-    c.v_dim = 1 + rng() % 40;
-    c.layout = static_cast<Layout>(rng() % 3);
-    c.seed = 500 + trial;
+    const MaskedCase c = ak::test::random_case(rng, 300, 500 + trial);
     const Index block = blocks[rng() % blocks.size()];
     const double density = (rng() % 10) / 10.0;
     check_block_sparse<TestType>(c, random_mask(c, block, density, c.seed), block, rng() % 2);

@@ -21,6 +21,22 @@ struct MaskedCase {
   Index out_heads() const { return std::max(q_heads, kv_heads); }
 };
 
+// A random shape: batch 1-2, lengths up to max_len, 2 or 4 query heads with MHA or MQA, dims up
+// to 40, any layout.
+inline MaskedCase random_case(std::mt19937& rng, Index max_len, std::uint32_t seed) {
+  MaskedCase c;
+  c.batch = 1 + rng() % 2;
+  c.q_len = 1 + rng() % max_len;
+  c.kv_len = 1 + rng() % max_len;
+  c.q_heads = 2 * (1 + rng() % 2);
+  c.kv_heads = rng() % 2 ? c.q_heads : 1;
+  c.head_dim = 1 + rng() % 40;
+  c.v_dim = 1 + rng() % 40;
+  c.layout = static_cast<Layout>(rng() % 3);
+  c.seed = seed;
+  return c;
+}
+
 // q, k, v filled from the case's seed and an output tensor of the case's layout.
 struct MaskedRun {
   Tensor4 q, k, v, out;

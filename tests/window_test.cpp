@@ -28,16 +28,7 @@ TEMPLATE_LIST_TEST_CASE("window attention matches the band reference", "[sparse]
   std::mt19937 rng(77);
   const std::array<Index, 6> sides{-1, 0, 1, 7, 40, 300};
   for (int trial = 0; trial < 10; ++trial) {
-    MaskedCase c;
-    c.batch = 1 + rng() % 2;
-    c.q_len = 1 + rng() % 200;
-    c.kv_len = 1 + rng() % 400;
-    c.q_heads = 2 * (1 + rng() % 2);
-    c.kv_heads = rng() % 2 ? c.q_heads : 1;
-    c.head_dim = 1 + rng() % 40;
-    c.v_dim = 1 + rng() % 40;
-    c.layout = static_cast<Layout>(rng() % 3);
-    c.seed = 300 + trial;
+    const MaskedCase c = ak::test::random_case(rng, 400, 300 + trial);
     Index left = sides[rng() % sides.size()], right = sides[rng() % sides.size()];
     if (left < 0 && right < 0) left = 5;
     check_window<TestType>(c, left, right, rng() % 2);

@@ -72,15 +72,8 @@ TEMPLATE_LIST_TEST_CASE("xattention scores match the naive antidiagonal scoring"
                         ak::test::Backends) {
   std::mt19937 rng(13);
   for (int trial = 0; trial < 8; ++trial) {
-    MaskedCase c;
-    c.batch = 1 + rng() % 2;
-    c.q_len = 1 + rng() % 400;
-    c.kv_len = rng() % 2 ? c.q_len : 1 + rng() % 400;
-    c.q_heads = 2 * (1 + rng() % 2);
-    c.kv_heads = rng() % 2 ? c.q_heads : 1;
-    c.head_dim = 1 + rng() % 24;
-    c.layout = static_cast<Layout>(rng() % 3);
-    c.seed = 700 + trial;
+    MaskedCase c = ak::test::random_case(rng, 400, 700 + trial);
+    if (rng() % 2) c.kv_len = c.q_len;
     const Index stride = std::array<Index, 3>{2, 4, 8}[rng() % 3];
     check_scores<TestType>(c, stride, stride * (2 + rng() % 8), rng() % 4 != 0);
   }

@@ -212,9 +212,7 @@ class Attention<BlockSparse, Backend> {
 
   explicit Attention(Options options = {}, Backend backend = {}) : options_(options), backend_(backend) {
     ATTNKIT_CHECK(options_.block >= 1, "options.block is ", options_.block, ", expected >= 1");
-    if (options_.scale)
-      ATTNKIT_CHECK(std::isfinite(*options_.scale) && *options_.scale > 0.0f, "options.scale is ", *options_.scale,
-                    ", expected a finite value > 0");
+    detail::check_scale(options_.scale);
   }
 
   std::string name() const { return "block-sparse/" + Backend::name(); }

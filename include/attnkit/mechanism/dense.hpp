@@ -330,6 +330,12 @@ class DenseKernel {
   tile::SoftmaxRow* partial_rows_ = nullptr;
 };
 
+// Options::scale of every exact mechanism: absent, or finite and > 0.
+inline void check_scale(const std::optional<float>& scale) {
+  if (scale)
+    ATTNKIT_CHECK(std::isfinite(*scale) && *scale > 0.0f, "options.scale is ", *scale, ", expected a finite value > 0");
+}
+
 // Views of packed (token, head, dim) tensors as batch-1 (batch, seq, head, dim) views.
 template <class T>
 View<T, 4> as_batch_of_one(const View<T, 3>& x) {
@@ -348,9 +354,7 @@ class Attention<Dense, Backend> {
   using Args = Dense::Args;
 
   explicit Attention(Options options = {}, Backend backend = {}) : options_(options), backend_(backend) {
-    if (options_.scale)
-      ATTNKIT_CHECK(std::isfinite(*options_.scale) && *options_.scale > 0.0f, "options.scale is ", *options_.scale,
-                    ", expected a finite value > 0");
+    detail::check_scale(options_.scale);
     ATTNKIT_CHECK(options_.window.left >= -1, "options.window.left is ", options_.window.left,
                   ", expected >= 0 or -1 (unbounded)");
     ATTNKIT_CHECK(options_.window.right >= -1, "options.window.right is ", options_.window.right,

@@ -271,9 +271,7 @@ class Attention<XAttention, Backend> {
     for (std::size_t h = 0; h < options_.tau.size(); ++h)
       ATTNKIT_CHECK(options_.tau[h] >= 0.0f && options_.tau[h] <= 1.0f, "options.tau[", h, "] is ", options_.tau[h],
                     ", expected in [0, 1]");
-    if (options_.scale)
-      ATTNKIT_CHECK(std::isfinite(*options_.scale) && *options_.scale > 0.0f, "options.scale is ", *options_.scale,
-                    ", expected a finite value > 0");
+    detail::check_scale(options_.scale);
   }
 
   std::string name() const { return "xattention/" + Backend::name(); }
