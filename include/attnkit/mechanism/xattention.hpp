@@ -96,6 +96,7 @@ class XScorer {
     panels_ = (geo.kv_strided + Tile::cols - 1) / Tile::cols;
     item_rows_ = std::lcm<Index>(geo.rows_per_block, Tile::mr);
     items_per_head_ = (geo.q_strided + item_rows_ - 1) / item_rows_;
+    chunk_cols_ = std::max<Index>(kChunkBytes / (depth_ * Index(sizeof(float))) / Tile::cols, 1) * Tile::cols;
   }
 
   // Bytes: shared (packed keys of one kv head + every score) and per thread.
@@ -104,7 +105,7 @@ class XScorer {
            array_bytes<float>(shape_.batch * shape_.heads.out_heads() * geo_.q_blocks * geo_.kv_blocks);
   }
   std::size_t thread_bytes() const {
-    return array_bytes<float>(Tile::mr * depth_) + array_bytes<float>(Tile::mr * panels_ * Tile::cols);
+    return array_bytes<float>(tile_rows() * depth_) + array_bytes<float>(tile_rows() * panels_ * Tile::cols);
   }
 
   // Runs the whole scoring into the workspace; returns the scores (batch, out_heads, q_blocks, kv_blocks).
@@ -144,42 +145,50 @@ class XScorer {
     }
   }
 
+  // Strided rows [chunk item_rows, +item_rows) of one out head: all their q' rows are built first,
+  // then the keys are walked in chunks small enough to stay in L2 while every row tile uses them,
+  // then each row's softmax is folded into block sums.
   void run_item(Index b, Index out_head, Index chunk, int slot) const {
     const Index d = shape_.head_dim, ld = panels_ * Tile::cols;
     Arena arena(scratch_ + thread_bytes() * slot, thread_bytes());
-    float* q_tile = arena.take<float>(Tile::mr * depth_);  // (mr, depth): q'_r, scaled
-    float* s = arena.take<float>(Tile::mr * ld);           // (mr, padded kv_strided)
+    float* q_all = arena.take<float>(tile_rows() * depth_);  // (tile_rows, depth): q'_r, scaled
+    float* s = arena.take<float>(tile_rows() * ld);          // (tile_rows, padded kv_strided)
     const Index r_begin = chunk * item_rows_, r_end = std::min(r_begin + item_rows_, geo_.q_strided);
     float* out = scores_ + ((b * shape_.heads.out_heads() + out_head) * geo_.q_blocks) * geo_.kv_blocks;
     const Index first_block = r_begin / geo_.rows_per_block;
     const Index end_block = (r_end + geo_.rows_per_block - 1) / geo_.rows_per_block;
     std::fill(out + first_block * geo_.kv_blocks, out + end_block * geo_.kv_blocks, 0.0f);
     const Index qh = shape_.heads.q_head(out_head);
-    for (Index t0 = r_begin; t0 < r_end; t0 += Tile::mr) {
-      const Index rows = std::min<Index>(Tile::mr, r_end - t0);
-      const Index cols = geo_.visible_end(t0 + rows - 1);
-      if (cols == 0) continue;
-      const float* q_rows[Tile::mr];
-      for (Index i = 0; i < Tile::mr; ++i) {
-        float* dst = q_tile + i * depth_;
-        q_rows[i] = dst;
-        for (Index t = 0; t < geo_.stride; ++t) {
-          const Index pos = (t0 + i) * geo_.stride + geo_.stride - 1 - t;
-          const float* src = i < rows && pos < geo_.q_len ? q_.at(b, pos, qh, 0) : nullptr;  // (head_dim)
-          for (Index dd = 0; dd < d; ++dd) dst[t * d + dd] = src ? src[dd] * scale_ : 0.0f;
-        }
+    const Index rows = r_end - r_begin, tiles = (rows + Tile::mr - 1) / Tile::mr;
+    for (Index i = 0; i < tiles * Tile::mr; ++i)
+      for (Index t = 0; t < geo_.stride; ++t) {
+        const Index pos = (r_begin + i) * geo_.stride + geo_.stride - 1 - t;
+        const float* src = i < rows && pos < geo_.q_len ? q_.at(b, pos, qh, 0) : nullptr;  // (head_dim)
+        float* dst = q_all + i * depth_ + t * d;
+        for (Index dd = 0; dd < d; ++dd) dst[dd] = src ? src[dd] * scale_ : 0.0f;
       }
-      const Index padded = (cols + Tile::cols - 1) / Tile::cols * Tile::cols;
-      tile::score_block<V>(q_rows, packed_, depth_, padded, s, ld);
-      for (Index i = 0; i < rows; ++i) {
-        const Index r = t0 + i, n = geo_.visible_end(r);
-        if (n == 0) continue;
-        float* row = s + i * ld;
-        tile::mask_block_row(row, padded, 0, {0, n}, tile::kNegInf);
-        tile::SoftmaxRow state;
-        tile::softmax_block_row<V>(row, padded, 1.0f, state);
-        add_block_sums(row, n, 1.0f / state.sum, out + (r / geo_.rows_per_block) * geo_.kv_blocks);
+    // Columns a tile scores: its last row's visible ones, padded to whole panels.
+    auto tile_cols = [&](Index tile) {
+      const Index last = std::min(r_begin + (tile + 1) * Tile::mr, r_end) - 1;
+      return (geo_.visible_end(last) + Tile::cols - 1) / Tile::cols * Tile::cols;
+    };
+    for (Index c0 = 0; c0 < tile_cols(tiles - 1); c0 += chunk_cols_)
+      for (Index tile = 0; tile < tiles; ++tile) {
+        const Index cols = std::min(tile_cols(tile), c0 + chunk_cols_) - c0;
+        if (cols <= 0) continue;
+        const float* q_rows[Tile::mr];
+        for (int i = 0; i < Tile::mr; ++i) q_rows[i] = q_all + (tile * Tile::mr + i) * depth_;
+        tile::score_block<V>(q_rows, packed_ + c0 * depth_, depth_, cols, s + tile * Tile::mr * ld + c0, ld);
       }
+    for (Index i = 0; i < rows; ++i) {
+      const Index r = r_begin + i, n = geo_.visible_end(r);
+      if (n == 0) continue;
+      const Index padded = (n + Tile::cols - 1) / Tile::cols * Tile::cols;
+      float* row = s + i * ld;
+      tile::mask_block_row(row, padded, 0, {0, n}, tile::kNegInf);
+      tile::SoftmaxRow state;
+      tile::softmax_block_row<V>(row, padded, 1.0f, state);
+      add_block_sums(row, n, 1.0f / state.sum, out + (r / geo_.rows_per_block) * geo_.kv_blocks);
     }
   }
 
@@ -201,7 +210,12 @@ class XScorer {
   AttentionShape shape_;
   XGeometry geo_;
   float scale_;
-  Index depth_ = 0, panels_ = 0, item_rows_ = 0, items_per_head_ = 0;
+  // Bytes of packed keys one chunk of columns takes: half the L2 budget, so that the chunk
+  // and the item's q' rows stay in L2 while every row tile of the item uses the chunk.
+  static constexpr Index kChunkBytes = kL2BudgetBytes / 2;
+  Index tile_rows() const { return (item_rows_ + Tile::mr - 1) / Tile::mr * Tile::mr; }
+
+  Index depth_ = 0, panels_ = 0, item_rows_ = 0, items_per_head_ = 0, chunk_cols_ = 0;
   float* packed_ = nullptr;
   float* scores_ = nullptr;
   std::byte* scratch_ = nullptr;
