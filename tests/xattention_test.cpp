@@ -174,6 +174,18 @@ TEST_CASE("xattention with tau = 1 equals dense attention", "[sparse][xattention
   ak::test::check_masked(c, run, ak::reference::WindowElements{c.q_len, c.kv_len, -1, -1, true});
 }
 
+TEST_CASE("xattention on empty inputs: no batch, no queries, no keys", "[sparse][xattention]") {
+  for (const MaskedCase& c : {MaskedCase{.batch = 0, .q_len = 50, .kv_len = 50}, MaskedCase{.q_len = 0, .kv_len = 50},
+                              MaskedCase{.q_len = 50, .kv_len = 0}, MaskedCase{.q_len = 3, .kv_len = 50}}) {
+    ak::test::MaskedRun run(c);
+    ak::BlockMask selected;
+    ak::Attention<ak::XAttention, ak::OpenMP<>>({.stride = 4, .block = 16})(run.q.view, run.k.view, run.v.view,
+                                                                            run.out.view, {.selected = &selected});
+    CHECK(selected.offsets.size() == std::size_t(c.batch * blocks_of(c.q_len, 16) + 1));
+    ak::test::check_masked(c, run, ak::reference::BlockElements(selected, 16, c.q_len, c.kv_len, true));
+  }
+}
+
 TEST_CASE("xattention rejects bad input with a message naming the argument", "[sparse][xattention][errors]") {
   using Catch::Contains;
   CHECK_THROWS_AS(ak::Attention<ak::XAttention>({.stride = 0}), ak::Error);
