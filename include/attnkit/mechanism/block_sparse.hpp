@@ -13,6 +13,7 @@
 // Not here: how a mask is chosen (mechanism/xattention.hpp), the reference (reference/block_sparse.hpp).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>

@@ -7,10 +7,12 @@
 // reads each key block once.
 // Masks: none, causal (bottom-right aligned) or a sliding window around the bottom-right aligned
 // position (Options::window; with causal the window has no right side); a work item visits only
-// the key blocks its rows can see, so a window's cost grows linearly in the length. Batches: padded (optional real
-// lengths per entry, rows past a length written as zeros) or packed (cu_seqlens). Decode-like shapes (few query rows
-// per kv head, long kv) split the keys into fixed-size ranges merged by log-sum-exp. Every tiling
-// decision depends on the shape only, so all backends and thread counts give the same bits.
+// the key blocks its rows can see, so a window's cost grows linearly in the length.
+// Batches: padded (optional real lengths per entry, rows past a length written as zeros) or
+// packed (cu_seqlens). Decode-like shapes (few query rows per kv head, long kv) split the keys
+// into fixed-size ranges merged by log-sum-exp. Every tiling decision depends on the shape only,
+// so all backends and thread counts give the same bits. The key blocks an item visits come from a
+// Blocks policy: all of them here, the listed ones for the block-sparse mechanism.
 // Not here: the tile pieces themselves (tile/), the reference (reference/dense.hpp).
 #pragma once
 

@@ -7,6 +7,7 @@
 // Padded inputs at full length only; head mapping as HeadMap (core/shape.hpp).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>

@@ -5,6 +5,7 @@
 // reference::block_sparse with the selected mask.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
