@@ -3,9 +3,9 @@
 // Batch 1, 2 heads, d 128, causal, OpenMP over all threads. Inputs are "random" (uniform q, k, v:
 // near-uniform attention, the worst case for selection) or "local" (q = k a random walk along the
 // sequence, correlation 0.995 per token: attention concentrated near the diagonal).
-// Counters: density (listed / causally visible blocks, or visible pairs for the window), rel_err
-// (Frobenius error against the exact dense output over its norm); the table adds speedup against
-// dense and the scoring time as a share of XAttention's and of dense time.
+// Counters: FLOPs / GFLOPS / bytes from cost(), density (listed / causally visible blocks, or visible pairs for the
+// window), rel_err (Frobenius error against the exact dense output over its norm); the table adds speedup against dense
+// and the scoring time as a share of XAttention's and of dense time.
 //   sparse_bench          N 4096 and 16384 (about two minutes)
 //   sparse_bench --full   N 2048..32768, tau 0.5 / 0.9 / 0.99, block-sparse density 0.1 / 0.3
 // Other arguments go to Google Benchmark (--benchmark_repetitions=N: the table keeps the fastest).
@@ -92,6 +92,13 @@ ak::BlockMask random_mask(Index n, double target) {
   });
 }
 
+// FLOPs (cost()), GFLOP/s and bytes, as every attnkit bench reports them.
+void set_cost(bm::State& state, const ak::Cost& cost) {
+  state.counters["FLOPs"] = cost.flops;
+  state.counters["bytes"] = cost.bytes;
+  state.counters["GFLOPS"] = bm::Counter(cost.flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
+}
+
 double mean(const std::vector<double>& x) {
   double s = 0;
   for (double e : x) s += e;
@@ -114,6 +121,7 @@ void register_case(Index n, bool local, bool full) {
   add("dense", n, local, [](bm::State& state, const Problem& p, std::vector<float>& out) {
     const ak::Attention<ak::Dense> attn({.causal = true});
     for (auto _ : state) attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out));
+    set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v)));
     state.counters["density"] = 1.0;
     state.counters["rel_err"] = p.relative_error(out);
   });
@@ -123,6 +131,7 @@ void register_case(Index n, bool local, bool full) {
           const ak::BlockMask mask = random_mask(p.n, target);
           const ak::Attention<ak::BlockSparse> attn({.block = kBlock, .causal = true});
           for (auto _ : state) attn(p.view(p.q), p.view(p.k), p.view(p.v), mask, p.out(out));
+          set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v), mask));
           state.counters["density"] = mean(ak::block_density(mask, p.n, p.n, kBlock, true));
           state.counters["rel_err"] = p.relative_error(out);
         });
@@ -133,6 +142,10 @@ void register_case(Index n, bool local, bool full) {
     out.resize(static_cast<std::size_t>(kHeads * blocks * blocks));
     for (auto _ : state)
       attn.score(p.view(p.q), p.view(p.k), ak::View<float, 4>::contiguous(out.data(), {1, kHeads, blocks, blocks}));
+    // The cost of a call that selected nothing is the scoring alone.
+    const ak::BlockMask none =
+        ak::BlockMask::from_predicate(1, kHeads, blocks, blocks, [](Index, Index, Index, Index) { return false; });
+    set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v), none));
   });
   for (const float tau : full ? std::vector<float>{0.5f, 0.9f, 0.99f} : std::vector<float>{0.9f}) {
     char name[32];
@@ -141,6 +154,7 @@ void register_case(Index n, bool local, bool full) {
       const ak::Attention<ak::XAttention> attn({.block = kBlock, .tau = {tau}});
       ak::BlockMask selected;
       for (auto _ : state) attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out), {.selected = &selected});
+      set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v), selected));
       state.counters["density"] = mean(ak::block_density(selected, p.n, p.n, kBlock, true));
       state.counters["rel_err"] = p.relative_error(out);
     });
@@ -149,6 +163,7 @@ void register_case(Index n, bool local, bool full) {
     const ak::Attention<ak::Dense> attn({.causal = true, .window = {.left = 1023}});
     const ak::Attention<ak::Dense> causal({.causal = true});
     for (auto _ : state) attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out));
+    set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v)));
     state.counters["density"] = attn.cost(p.view(p.q), p.view(p.k), p.view(p.v)).flops /
                                 causal.cost(p.view(p.q), p.view(p.k), p.view(p.v)).flops;
     state.counters["rel_err"] = p.relative_error(out);
