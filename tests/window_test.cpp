@@ -53,6 +53,42 @@ TEMPLATE_LIST_TEST_CASE("window edge cases", "[sparse][window]", ak::test::Backe
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("window on packed variable-length sequences", "[sparse][window]", ak::test::Backends) {
+  // Each sequence's band is aligned to its own lengths; checked per sequence against the reference
+  // on a view of that sequence's tokens.
+  const std::vector<std::int32_t> cu_q{0, 40, 41, 141, 141}, cu_kv{0, 60, 61, 141, 200};
+  const Index q_heads = 4, kv_heads = 2, dim = 16, tokens_q = 141, tokens_kv = 200;
+  const Index left = 9, right = 3;
+  std::vector<float> q = ak::test::uniform(tokens_q * q_heads * dim, 11),
+                     k = ak::test::uniform(tokens_kv * kv_heads * dim, 12),
+                     v = ak::test::uniform(tokens_kv * kv_heads * dim, 13), out(tokens_q * q_heads * dim);
+  for (const bool causal : {false, true}) {
+    INFO("causal " << causal);
+    ak::Attention<ak::Dense, TestType>({.causal = causal, .window = {.left = left, .right = right}})(
+        ak::thd(q.data(), tokens_q, q_heads, dim), ak::thd(k.data(), tokens_kv, kv_heads, dim),
+        ak::thd(v.data(), tokens_kv, kv_heads, dim), ak::thd(out.data(), tokens_q, q_heads, dim),
+        ak::CuSeqlens{cu_q, cu_kv});
+    for (std::size_t s = 0; s + 1 < cu_q.size(); ++s) {
+      const Index q_len = cu_q[s + 1] - cu_q[s], kv_len = cu_kv[s + 1] - cu_kv[s];
+      const auto qs = ak::bshd(static_cast<const float*>(q.data()) + cu_q[s] * q_heads * dim, 1, q_len, q_heads, dim);
+      const auto ks =
+          ak::bshd(static_cast<const float*>(k.data()) + cu_kv[s] * kv_heads * dim, 1, kv_len, kv_heads, dim);
+      const auto vs =
+          ak::bshd(static_cast<const float*>(v.data()) + cu_kv[s] * kv_heads * dim, 1, kv_len, kv_heads, dim);
+      const ak::reference::WindowElements band{q_len, kv_len, left, right, causal};
+      std::vector<double> exact(static_cast<std::size_t>(q_len * q_heads * dim) + 1);
+      std::vector<float> naive(exact.size());
+      const auto exact_view = ak::bshd(exact.data(), 1, q_len, q_heads, dim);
+      const auto naive_view = ak::bshd(naive.data(), 1, q_len, q_heads, dim);
+      ak::reference::masked<double>(qs, ks, vs, exact_view, band);
+      ak::reference::masked<float>(qs, ks, vs, naive_view, band);
+      const auto got = ak::bshd(out.data() + cu_q[s] * q_heads * dim, 1, q_len, q_heads, dim);
+      CHECK(ak::test::max_abs_diff(got, exact_view) <=
+            ak::test::exact_tolerance(ak::test::max_abs_diff(naive_view, exact_view)));
+    }
+  }
+}
+
 TEST_CASE("window cost counts only the visible pairs", "[sparse][window]") {
   const Index n = 1000, heads = 2, dim = 16;
   const float* none = reinterpret_cast<const float*>(16);
