@@ -17,6 +17,20 @@ struct Measured {
   std::map<std::string, double> counters;
 };
 
+// Removes `flag` from argv (before benchmark::Initialize sees it); true when it was there.
+inline bool take_flag(int& argc, char** argv, const char* flag) {
+  bool found = false;
+  int kept = 0;
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]) == flag)
+      found = true;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  return found;
+}
+
 class CollectingReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
@@ -52,16 +66,8 @@ class CollectingReporter : public benchmark::ConsoleReporter {
 // calls register_cases(full), runs with a CollectingReporter and passes it to print_table.
 template <class Register, class Print>
 int bench_main(int argc, char** argv, Register&& register_cases, Print&& print_table) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::string(argv[i]) == "--full")
-      full = true;
-    else
-      args.push_back(argv[i]);
-  }
-  int count = static_cast<int>(args.size());
-  benchmark::Initialize(&count, args.data());
+  const bool full = take_flag(argc, argv, "--full");
+  benchmark::Initialize(&argc, argv);
   register_cases(full);
   CollectingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -17,3 +17,6 @@
 #include "attnkit/mechanism/mamba.hpp"
 #include "attnkit/mechanism/mamba2.hpp"
 #include "attnkit/mechanism/probsparse.hpp"
+#include "attnkit/mechanism/block_sparse.hpp"
+#include "attnkit/mechanism/dense.hpp"
+#include "attnkit/mechanism/xattention.hpp"

@@ -20,7 +20,9 @@ struct VecOps<float> {
   static void store(float* p, float x) { *p = x; }
   static float broadcast(float x) { return x; }
   static float zero() { return 0.0f; }
-  static float fma(float a, float b, float c) { return a * b + c; }
+  // Always fused (std::fma): a * b + c would be contracted or not depending on where the compiler
+  // inlines it, and results would differ in the last bit between code paths.
+  static float fma(float a, float b, float c) { return std::fma(a, b, c); }
   static float max(float a, float b) { return std::max(a, b); }
   static float sum(float x) { return x; }
   static float reduce_max(float x) { return x; }

@@ -5,10 +5,14 @@
 // Head mapping: see HeadMap (MHA, GQA, MQA, SQA; reverse SQA when q_heads < kv_heads). The rows
 // of one work item are (position, head) pairs of all out heads sharing a kv head, so a GQA group
 // reads each key block once.
-// Masks: none or causal (bottom-right aligned). Batches: padded (optional real lengths per entry,
-// rows past a length written as zeros) or packed (cu_seqlens). Decode-like shapes (few query rows
-// per kv head, long kv) split the keys into fixed-size ranges merged by log-sum-exp. Every tiling
-// decision depends on the shape only, so all backends and thread counts give the same bits.
+// Masks: none, causal (bottom-right aligned) or a sliding window around the bottom-right aligned
+// position (Options::window; with causal the window has no right side); a work item visits only
+// the key blocks its rows can see, so a window's cost grows linearly in the length.
+// Batches: padded (optional real lengths per entry, rows past a length written as zeros) or
+// packed (cu_seqlens). Decode-like shapes (few query rows per kv head, long kv) split the keys
+// into fixed-size ranges merged by log-sum-exp. Every tiling decision depends on the shape only,
+// so all backends and thread counts give the same bits. The key blocks an item visits come from a
+// Blocks policy: all of them here, the listed ones for the block-sparse mechanism.
 // Not here: the tile pieces themselves (tile/), the reference (reference/dense.hpp).
 #pragma once
 
@@ -34,9 +38,16 @@
 namespace attnkit {
 
 struct Dense {
+  // Sliding window (local attention): query i sees keys j with i' - left <= j <= i' + right,
+  // i' = i + kv_len - q_len (flash-attn's window_size); -1 leaves a side unbounded.
+  struct Window {
+    Index left = -1;
+    Index right = -1;
+  };
   struct Options {
     bool causal = false;           // bottom-right aligned when q_len != kv_len
     std::optional<float> scale{};  // default 1 / sqrt(head_dim); must be finite and > 0
+    Window window{};               // with causal, right is 0 whatever is set
   };
   // Optional extras of one call.
   struct Args {
@@ -48,6 +59,17 @@ struct Dense {
 };
 
 namespace detail {
+
+// Key blocks of `block` keys a work item visits, from its first visible key to its last: every one.
+// A kernel's Blocks policy answers for_each(sequence index, first out head of the item, query
+// chunk, key_begin, key_end, block, f) by calling f(first key, keys) for each block it visits, in
+// increasing key order, all within [key_begin, key_end).
+struct AllKeyBlocks {
+  template <class F>
+  void for_each(Index /*seq*/, Index /*out_head*/, Index /*chunk*/, Index begin, Index end, Index block, F&& f) const {
+    for (Index first = begin; first < end; first += block) f(first, std::min(block, end - first));
+  }
+};
 
 // Tiling and work split of one dense call; a function of the shape only.
 struct DensePlan {
@@ -78,6 +100,9 @@ inline constexpr Index kSplitMaxRows = 64;
 inline constexpr Index kSplitKeys = 2048;
 
 template <class V>
+void set_plan_bytes(DensePlan& plan, const AttentionShape& shape);
+
+template <class V>
 DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seqs) {
   using Tile = RegisterTile<V>;
   DensePlan plan;
@@ -99,6 +124,14 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
   plan.split_keys = decode ? kSplitKeys : std::max<Index>(max_kv, 1);
   plan.splits = decode ? (max_kv + kSplitKeys - 1) / kSplitKeys : 1;
   plan.items = seqs.count() * plan.item_groups * plan.chunks * plan.splits;
+  set_plan_bytes<V>(plan, shape);
+  return plan;
+}
+
+// Fills acc_cols, scratch_bytes and partial_bytes of a plan whose other fields are set.
+template <class V>
+void set_plan_bytes(DensePlan& plan, const AttentionShape& shape) {
+  using Tile = RegisterTile<V>;
   plan.acc_cols = (shape.v_dim + Tile::cols - 1) / Tile::cols * Tile::cols;
   const Index packed_keys = plan.stream_keys ? 0 : plan.kv_block;
   plan.scratch_bytes = array_bytes<float>(tile::packed_key_floats(packed_keys, shape.head_dim, Tile::cols)) +
@@ -110,21 +143,31 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
   if (plan.splits > 1)
     plan.partial_bytes = array_bytes<float>(plan.items * plan.rows * plan.acc_cols) +
                          array_bytes<tile::SoftmaxRow>(plan.items * plan.rows);
-  return plan;
 }
 
 // The fused kernel for one call. Work items are (sequence, kv heads, query chunk, key split);
 // an item's rows are (kv head, position, head of the group), each kv head's rows padded to the
-// register tile.
-template <class V, class Mask>
+// register tile. Mask gives each row's visible keys, Blocks the key blocks an item visits.
+template <class V, class Mask, class Blocks = AllKeyBlocks>
 class DenseKernel {
   using Tile = RegisterTile<V>;
 
  public:
   DenseKernel(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
               const View<float, 4>& out, const View<float, 3>& lse, const AttentionShape& shape,
-              const SequenceLayout& seqs, const DensePlan& plan, float scale, void* workspace, int slots)
-      : q_(q), k_(k), v_(v), out_(out), lse_(lse), shape_(shape), seqs_(seqs), plan_(plan), scale_(scale) {
+              const SequenceLayout& seqs, const DensePlan& plan, float scale, void* workspace, int slots,
+              Mask mask = {}, Blocks blocks = {})
+      : q_(q),
+        k_(k),
+        v_(v),
+        out_(out),
+        lse_(lse),
+        shape_(shape),
+        seqs_(seqs),
+        plan_(plan),
+        scale_(scale),
+        mask_(mask),
+        blocks_(blocks) {
     Arena arena(workspace, plan.scratch_bytes * slots + plan.partial_bytes);
     scratch_ = arena.take<std::byte>(plan.scratch_bytes * slots);
     if (plan.splits > 1) {
@@ -140,7 +183,8 @@ class DenseKernel {
     const Index chunk = plan_.chunks - 1 - rest % plan_.chunks;
     rest /= plan_.chunks;
     const Index first_group = rest % plan_.item_groups * plan_.groups_per_item;
-    const Sequence seq = seqs_[rest / plan_.item_groups];
+    const Index seq_index = rest / plan_.item_groups;
+    const Sequence seq = seqs_[seq_index];
     const Index first_pos = chunk * plan_.q_chunk;
     const Index end_pos = std::min(first_pos + plan_.q_chunk, seq.q_len);
     if (first_pos >= end_pos) return;
@@ -176,67 +220,68 @@ class DenseKernel {
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
 
     // Keys this item may visit: its split, narrowed by what its first and last rows see.
-    const tile::KeyRange first = Mask::visible(first_pos, seq.q_len, seq.kv_len);
-    const tile::KeyRange last = Mask::visible(end_pos - 1, seq.q_len, seq.kv_len);
+    const tile::KeyRange first = mask_.visible(first_pos, seq.q_len, seq.kv_len);
+    const tile::KeyRange last = mask_.visible(end_pos - 1, seq.q_len, seq.kv_len);
     const Index split_begin = split * plan_.split_keys;
     const Index key_begin = std::max(split_begin, std::min(first.begin, last.begin));
     const Index key_end = std::min({seq.kv_len, split_begin + plan_.split_keys, std::max(first.end, last.end)});
 
     const Index lds = plan_.kv_block;
     const Index ldk = k_.stride(1), ldv = v_.stride(1);
-    for (Index block = key_begin; block < key_end; block += plan_.kv_block) {
-      const Index keys = std::min(plan_.kv_block, key_end - block);
-      for (Index g = 0; g < plan_.groups_per_item; ++g) {
-        const Index kv_head = shape_.heads.kv_head((first_group + g) * plan_.group);
-        const float* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
-        const float* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
-        if (!plan_.stream_keys) {
-          tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, packed_k);
-          tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, packed_v);
-        }
-        for (Index t = 0; t < group_rows; t += Tile::mr) {
-          const Index row0 = g * plan_.group_rows + t;  // first row of the tile in the item
-          const Index tile_rows = std::min<Index>(Tile::mr, group_rows - t);
-          const float* q_tile[Tile::mr];
-          tile::KeyRange ranges[Tile::mr];
-          Index tile_end = block;  // the tile's rows see keys before tile_end only
-          for (int r = 0; r < Tile::mr; ++r) {
-            q_tile[r] = q_rows + (row0 + r) * shape_.head_dim;
-            if (r >= tile_rows) continue;
-            const Index pos = first_pos + (t + r) / plan_.group;
-            const tile::KeyRange seen = Mask::visible(pos, seq.q_len, seq.kv_len);
-            ranges[r] = {std::max(seen.begin, block), std::min(seen.end, block + keys)};
-            if (ranges[r].begin < ranges[r].end) tile_end = std::max(tile_end, ranges[r].end);
+    blocks_.for_each(
+        seq_index, first_group * plan_.group, chunk, key_begin, key_end, plan_.kv_block, [&](Index block, Index keys) {
+          for (Index g = 0; g < plan_.groups_per_item; ++g) {
+            const Index kv_head = shape_.heads.kv_head((first_group + g) * plan_.group);
+            const float* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
+            const float* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
+            if (!plan_.stream_keys) {
+              tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, packed_k);
+              tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, packed_v);
+            }
+            for (Index t = 0; t < group_rows; t += Tile::mr) {
+              const Index row0 = g * plan_.group_rows + t;  // first row of the tile in the item
+              const Index tile_rows = std::min<Index>(Tile::mr, group_rows - t);
+              const float* q_tile[Tile::mr];
+              tile::KeyRange ranges[Tile::mr];
+              Index tile_end = block;  // the tile's rows see keys before tile_end only
+              for (int r = 0; r < Tile::mr; ++r) {
+                q_tile[r] = q_rows + (row0 + r) * shape_.head_dim;
+                if (r >= tile_rows) continue;
+                const Index pos = first_pos + (t + r) / plan_.group;
+                const tile::KeyRange seen = mask_.visible(pos, seq.q_len, seq.kv_len);
+                ranges[r] = {std::max(seen.begin, block), std::min(seen.end, block + keys)};
+                if (ranges[r].begin < ranges[r].end) tile_end = std::max(tile_end, ranges[r].end);
+              }
+              if (tile_end == block) continue;  // nothing visible
+              // Only the panels up to the tile's last visible key (skips the causal diagonal's upper half).
+              const Index tile_keys = tile_end - block;
+              const Index padded_keys = (tile_keys + Tile::cols - 1) / Tile::cols * Tile::cols;
+              bool needs_mask = false;
+              for (Index r = 0; r < tile_rows; ++r)
+                needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
+              if (plan_.stream_keys)
+                tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
+                  tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
+                });
+              else
+                tile::score_block<V>(q_tile, packed_k, shape_.head_dim, padded_keys, scores, lds);
+              for (Index r = 0; r < tile_rows; ++r) {
+                float* s = scores + r * lds;
+                if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
+                const float rescale = tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[row0 + r]);
+                if (rescale != 1.0f) tile::scale_row<V>(acc + (row0 + r) * ldo, ldo, rescale);
+              }
+              if (plan_.stream_keys)
+                tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
+                  tile::accumulate_pv<V, rows()>(scores, lds, v_block, ldv, tile_keys, shape_.v_dim, acc + row0 * ldo,
+                                                 ldo);
+                });
+              else
+                tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys * Tile::cols, tile_keys, ldo / Tile::cols,
+                                              acc + row0 * ldo, ldo);
+            }
           }
-          if (tile_end == block) continue;  // nothing visible
-          // Only the panels up to the tile's last visible key (skips the causal diagonal's upper half).
-          const Index tile_keys = tile_end - block;
-          const Index padded_keys = (tile_keys + Tile::cols - 1) / Tile::cols * Tile::cols;
-          bool needs_mask = false;
-          for (Index r = 0; r < tile_rows; ++r)
-            needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
-          if (plan_.stream_keys)
-            tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
-              tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
-            });
-          else
-            tile::score_block<V>(q_tile, packed_k, shape_.head_dim, padded_keys, scores, lds);
-          for (Index r = 0; r < tile_rows; ++r) {
-            float* s = scores + r * lds;
-            if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
-            const float rescale = tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[row0 + r]);
-            if (rescale != 1.0f) tile::scale_row<V>(acc + (row0 + r) * ldo, ldo, rescale);
-          }
-          if (plan_.stream_keys)
-            tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
-              tile::accumulate_pv<V, rows()>(scores, lds, v_block, ldv, tile_keys, shape_.v_dim, acc + row0 * ldo, ldo);
-            });
-          else
-            tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys * Tile::cols, tile_keys, ldo / Tile::cols,
-                                          acc + row0 * ldo, ldo);
-        }
-      }
-    }
+        });
     if (plan_.splits > 1) return;
     for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, float* out_row, float* lse) {
       const float row_lse = tile::finalize_row<V>(acc + row * ldo, shape_.v_dim, states[row], out_row);
@@ -285,10 +330,18 @@ class DenseKernel {
   SequenceLayout seqs_;
   DensePlan plan_;
   float scale_;
+  Mask mask_;
+  Blocks blocks_;
   std::byte* scratch_ = nullptr;
   float* partial_acc_ = nullptr;
   tile::SoftmaxRow* partial_rows_ = nullptr;
 };
+
+// Options::scale of every exact mechanism: absent, or finite and > 0.
+inline void check_scale(const std::optional<float>& scale) {
+  if (scale)
+    ATTNKIT_CHECK(std::isfinite(*scale) && *scale > 0.0f, "options.scale is ", *scale, ", expected a finite value > 0");
+}
 
 // Views of packed (token, head, dim) tensors as batch-1 (batch, seq, head, dim) views.
 template <class T>
@@ -308,9 +361,11 @@ class Attention<Dense, Backend> {
   using Args = Dense::Args;
 
   explicit Attention(Options options = {}, Backend backend = {}) : options_(options), backend_(backend) {
-    if (options_.scale)
-      ATTNKIT_CHECK(std::isfinite(*options_.scale) && *options_.scale > 0.0f, "options.scale is ", *options_.scale,
-                    ", expected a finite value > 0");
+    detail::check_scale(options_.scale);
+    ATTNKIT_CHECK(options_.window.left >= -1, "options.window.left is ", options_.window.left,
+                  ", expected >= 0 or -1 (unbounded)");
+    ATTNKIT_CHECK(options_.window.right >= -1, "options.window.right is ", options_.window.right,
+                  ", expected >= 0 or -1 (unbounded)");
   }
 
   std::string name() const { return "dense/" + Backend::name(); }
@@ -395,16 +450,29 @@ class Attention<Dense, Backend> {
     return options_.scale.value_or(1.0f / std::sqrt(static_cast<float>(shape.head_dim)));
   }
 
+  // Calls f with the mask policy of the options: window (causal folded in), causal or none.
+  template <class F>
+  void with_mask(F&& f) const {
+    const Dense::Window& w = options_.window;
+    if (w.left >= 0 || w.right >= 0)
+      f(tile::WindowMask{w.left, options_.causal ? 0 : w.right});
+    else if (options_.causal)
+      f(tile::CausalMask{});
+    else
+      f(tile::NoMask{});
+  }
+
   Cost cost_of(const AttentionShape& shape, const SequenceLayout& seqs) const {
     double pairs = 0;
-    for (Index s = 0; s < seqs.count(); ++s) {
-      const Sequence seq = seqs[s];
-      for (Index pos = 0; pos < seq.q_len; ++pos) {
-        const tile::KeyRange seen = options_.causal ? tile::CausalMask::visible(pos, seq.q_len, seq.kv_len)
-                                                    : tile::NoMask::visible(pos, seq.q_len, seq.kv_len);
-        pairs += static_cast<double>(seen.end - seen.begin);
+    with_mask([&](auto mask) {
+      for (Index s = 0; s < seqs.count(); ++s) {
+        const Sequence seq = seqs[s];
+        for (Index pos = 0; pos < seq.q_len; ++pos) {
+          const tile::KeyRange seen = mask.visible(pos, seq.q_len, seq.kv_len);
+          pairs += static_cast<double>(seen.end - seen.begin);
+        }
       }
-    }
+    });
     const double out_heads = static_cast<double>(shape.heads.out_heads());
     Cost cost;
     cost.flops = 2.0 * pairs * out_heads * static_cast<double>(shape.head_dim + shape.v_dim);
@@ -429,15 +497,12 @@ class Attention<Dense, Backend> {
     auto launch = [&](auto mask) {
       using Mask = decltype(mask);
       const detail::DenseKernel<V, Mask> kernel(q, k, v, out, args.lse, shape, seqs, plan, scale, workspace.data(),
-                                                backend_.threads());
+                                                backend_.threads(), mask);
       backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
       if (plan.splits > 1)
         backend_.parallel_for(kernel.merge_items(), [&](Index item, int) { kernel.merge_item(item); });
     };
-    if (options_.causal)
-      launch(tile::CausalMask{});
-    else
-      launch(tile::NoMask{});
+    with_mask(launch);
   }
 
   Options options_;

@@ -3,6 +3,10 @@
 // visited block needs masking inside. Positions and keys are relative to their sequence.
 //   NoMask       every key
 //   CausalMask   bottom-right aligned: query i of q_len sees key j iff j <= i + kv_len - q_len
+//   WindowMask   a band around the bottom-right aligned position i' = i + kv_len - q_len:
+//                keys [i' - left, i' + right]; a negative side is unbounded (flash-attn's -1)
+// Visible ranges are non-decreasing in the position for every policy here, so the keys a run of
+// rows sees lie between the first row's begin and the last row's end.
 #pragma once
 
 #include <algorithm>
@@ -23,6 +27,17 @@ struct NoMask {
 struct CausalMask {
   static KeyRange visible(Index pos, Index q_len, Index kv_len) {
     return {0, std::clamp<Index>(pos + kv_len - q_len + 1, 0, kv_len)};
+  }
+};
+
+struct WindowMask {
+  Index left = -1;   // keys before the aligned position; < 0: unbounded
+  Index right = -1;  // keys after it; < 0: unbounded
+  KeyRange visible(Index pos, Index q_len, Index kv_len) const {
+    const Index aligned = pos + kv_len - q_len;
+    const Index begin = left < 0 ? 0 : std::clamp<Index>(aligned - left, 0, kv_len);
+    const Index end = right < 0 ? kv_len : std::clamp<Index>(aligned + right + 1, 0, kv_len);
+    return {begin, std::max(begin, end)};
   }
 };
 
