@@ -9,6 +9,7 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/mechanism/dense.hpp"
+#include "attnkit/mechanism/ecoformer.hpp"
 #include "attnkit/mechanism/linear.hpp"
 #include "attnkit/mechanism/performer.hpp"
 #include "attnkit/mechanism/performer_features.hpp"
