@@ -72,13 +72,14 @@ struct EcoFormerHash {
 
 namespace detail {
 
-inline constexpr Index kHashChunk = 64;  // rows hashed per GEMM block
+inline constexpr Index kHashChunk = 60;  // rows hashed per GEMM block: a multiple of every tile's rows
+inline constexpr Index kAhead = 8;       // rows prefetched ahead of strided row streams
 
 // Sizes of one EcoFormer call.
 struct EcoPlan {
   Index m = 0, d = 0, bits = 0, dv = 0;
   Index group = 1, kv_groups = 0, items = 0, q_len = 0, kv_len = 0;
-  Index chunk_rows = 0;           // kHashChunk padded to the register tile
+  Index chunk_rows = 0;           // kHashChunk (a multiple of the register tile's rows)
   std::size_t shared_bytes = 0;   // anchorsᵀ, anchor norms, Aᵀ: written once, read by all threads
   std::size_t scratch_bytes = 0;  // per thread
 };
@@ -95,8 +96,9 @@ EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash) {
   p.items = shape.batch * p.kv_groups;
   p.q_len = shape.q_len;
   p.kv_len = shape.kv_len;
-  p.chunk_rows = ChunkTile<V>::pad_rows(kHashChunk);
-  p.shared_bytes = array_bytes<float>(p.d * p.m) + array_bytes<float>(p.m) + array_bytes<double>(p.d) +
+  static_assert(kHashChunk % ChunkTile<V>::mr == 0, "full hash chunks are read in place");
+  p.chunk_rows = kHashChunk;
+  p.shared_bytes = array_bytes<float>(p.d * p.m) + array_bytes<float>(p.m) + array_bytes<float>(p.d) +
                    array_bytes<float>(shape.heads.kv_heads * p.m * p.bits);
   p.scratch_bytes = array_bytes<float>(p.chunk_rows * p.d) +         // rows being hashed
                     array_bytes<float>(p.chunk_rows * p.m) +         // dots, then kappa
@@ -159,7 +161,7 @@ class EcoKernel {
     Arena arena(workspace, plan.shared_bytes);
     anchors_t_ = arena.take<float>(plan.d * plan.m);                      // (d, m)
     anchor_norms_ = arena.take<float>(plan.m);                            // (m)
-    anchor_mean_ = arena.take<double>(plan.d);                            // (d)
+    anchor_mean_ = arena.take<float>(plan.d);                             // (d)
     a_t_ = arena.take<float>(shape.heads.kv_heads * plan.m * plan.bits);  // (kv_heads, m, bits)
     for (Index j = 0; j < plan.m; ++j) {
       float norm = 0;
@@ -173,8 +175,9 @@ class EcoKernel {
     mean_norm_ = 0;
     for (Index j = 0; j < plan.m; ++j) mean_norm_ += anchor_norms_[j] / static_cast<double>(plan.m);
     for (Index f = 0; f < plan.d; ++f) {
-      anchor_mean_[f] = 0;
-      for (Index j = 0; j < plan.m; ++j) anchor_mean_[f] += anchors_t_[f * plan.m + j] / static_cast<double>(plan.m);
+      double mean = 0;
+      for (Index j = 0; j < plan.m; ++j) mean += anchors_t_[f * plan.m + j] / static_cast<double>(plan.m);
+      anchor_mean_[f] = static_cast<float>(mean);
     }
     for (Index h = 0; h < shape.heads.kv_heads; ++h)
       for (Index t = 0; t < plan.bits; ++t)
@@ -214,9 +217,14 @@ class EcoKernel {
     Index seen = 0;
     for (Index i = 0; i < plan_.q_len; ++i) {
       const Index visible = options_.causal ? std::clamp<Index>(i + offset + 1, 0, plan_.kv_len) : plan_.kv_len;
-      for (; seen < visible; ++seen) add_key(buf.kcodes[seen], v_.at(batch, seen, kv_head, 0), buf);
+      for (; seen < visible; ++seen) {
+        if (seen + kAhead < plan_.kv_len) prefetch_rows(v_.at(batch, seen + kAhead, kv_head, 0), 0, 1, dv);
+        add_key(buf.kcodes[seen], v_.at(batch, seen, kv_head, 0), buf);
+      }
       for (Index h = 0; h < plan_.group; ++h) {
         float* out_row = out_.at(batch, i, kv_group * plan_.group + h, 0);
+        if (i + kAhead < plan_.q_len)
+          prefetch_rows<true>(out_.at(batch, i + kAhead, kv_group * plan_.group + h, 0), 0, 1, dv);
         if (seen == 0)
           std::fill(out_row, out_row + dv, 0.0f);
         else
@@ -278,17 +286,25 @@ class EcoKernel {
     const float* a_t = a_t_ + a_head * m * bits;  // (m, bits)
     for (Index r0 = 0; r0 < rows; r0 += kHashChunk) {
       const Index n = std::min(kHashChunk, rows - r0);
-      for (Index r = 0; r < n; ++r) {
-        const float* src = x.at(batch, r0 + r, head, 0);
-        std::copy(src, src + d, buf.rows + r * d);
+      const Index next = std::min(kHashChunk, rows - r0 - n);  // the chunk after this one
+      if (next > 0) prefetch_rows(x.at(batch, r0 + n, head, 0), x.stride(1), next, d);
+      // A full chunk is read in place; the last, partial one is copied and padded with zero rows.
+      const float* rows_in = x.at(batch, r0, head, 0);
+      Index ld = x.stride(1);
+      if (n < cr) {
+        for (Index r = 0; r < n; ++r) {
+          const float* src = x.at(batch, r0 + r, head, 0);
+          std::copy(src, src + d, buf.rows + r * d);
+        }
+        std::fill(buf.rows + n * d, buf.rows + cr * d, 0.0f);
+        rows_in = buf.rows;
+        ld = d;
       }
-      std::fill(buf.rows + n * d, buf.rows + cr * d, 0.0f);
       std::fill(buf.kappa, buf.kappa + cr * m, 0.0f);
-      gemm_accumulate<V>(cr, m, d, buf.rows, d, anchors_t_, m, buf.kappa, m);  // (rows, m) = X aᵀ
+      gemm_accumulate<V>(cr, m, d, rows_in, ld, anchors_t_, m, buf.kappa, m);  // (rows, m) = X aᵀ
       for (Index r = 0; r < n; ++r) {
-        float* row = buf.kappa + r * m;
-        const float norm = dot<V>(buf.rows + r * d, buf.rows + r * d, d);
-        kernel_row(row, norm, inv_two_sigma);
+        const float norm = dot<V>(rows_in + r * ld, rows_in + r * ld, d);
+        kernel_row(buf.kappa + r * m, norm, inv_two_sigma);
       }
       std::fill(buf.kappa + n * m, buf.kappa + cr * m, 0.0f);
       std::fill(buf.y, buf.y + cr * bits, 0.0f);
@@ -322,18 +338,14 @@ class EcoKernel {
   }
 
   // 1 / (2 sigma): from the options, or from the mean squared anchor distance of the rows
-  // (|x|² - 2 x · ā + mean_j |a_j|², accumulated in double); a zero mean gives 0 (kappa = 1).
+  // (|x|² - 2 x · ā + mean_j |a_j|² per row, summed in double); a zero mean gives 0 (kappa = 1).
   float inverse_two_sigma(const View<const float, 4>& x, Index batch, Index head, Index rows) const {
     if (options_.sigma) return 0.5f / *options_.sigma;
-    double total = 0;
+    double total = 0;  // rows' mean distances, each |x|² - 2 x · ā + mean_j |a_j|² in float
     for (Index r = 0; r < rows; ++r) {
       const float* row = x.at(batch, r, head, 0);
-      double norm = 0, cross = 0;
-      for (Index f = 0; f < plan_.d; ++f) {
-        norm += double(row[f]) * row[f];
-        cross += double(row[f]) * anchor_mean_[f];
-      }
-      total += norm - 2 * cross + mean_norm_;
+      if (r + kAhead < rows) prefetch_rows(x.at(batch, r + kAhead, head, 0), 0, 1, plan_.d);
+      total += double(dot<V>(row, row, plan_.d)) - 2.0 * double(dot<V>(row, anchor_mean_, plan_.d)) + mean_norm_;
     }
     const double sigma = total / static_cast<double>(rows);
     return sigma > 0 ? static_cast<float>(0.5 / sigma) : 0.0f;
@@ -347,8 +359,8 @@ class EcoKernel {
   const EcoFormer::Options& options_;
   float* anchors_t_ = nullptr;
   float* anchor_norms_ = nullptr;
-  double* anchor_mean_ = nullptr;  // (d): mean anchor
-  double mean_norm_ = 0;           // mean_j |a_j|²
+  float* anchor_mean_ = nullptr;  // (d): mean anchor
+  double mean_norm_ = 0;          // mean_j |a_j|²
   float* a_t_ = nullptr;
   std::byte* scratch_ = nullptr;
 };
