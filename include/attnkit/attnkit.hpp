@@ -11,6 +11,7 @@
 #include "attnkit/mechanism/combiner.hpp"
 #include "attnkit/mechanism/combiner_logsparse.hpp"
 #include "attnkit/mechanism/dense.hpp"
+#include "attnkit/mechanism/ecoformer.hpp"
 #include "attnkit/mechanism/linear.hpp"
 #include "attnkit/mechanism/performer.hpp"
 #include "attnkit/mechanism/performer_features.hpp"

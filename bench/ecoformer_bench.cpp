@@ -1,0 +1,227 @@
+// EcoFormer binary-hashing attention against the dense kernel and linear attention on the same
+// shapes, measured in the same run; prints the speed table and EcoFormer's error against exact
+// softmax attention with a calibrated and a random A.
+//   ecoformer_bench           N 1024..32768 for EcoFormer and linear, dense up to 4096; d 64, b 16,
+//                             m 32 anchors, 8 heads, non-causal, 1 thread (about a minute)
+//   ecoformer_bench --full    dense up to 32768 too, and causal cases
+// Inputs: q and k drawn around 16 cluster centres (centres N(0, 1), spread 0.5), so exact attention
+// is peaked and hashing has structure to keep; v uniform. Counters: FLOPs (cost()), GFLOPS,
+// vs_dense and vs_linear (their time / this time, from the runs of the same case registered just
+// before), mul_avoided (multiplies a float h_qᵀ (Σ h_k vᵀ) would spend: b Dv per key and per query,
+// every head), mul_done (multiplies EcoFormer performs: hashing m (D + b) per hashed row, 3 Dv per
+// output for the final scale and division). Other arguments go to Google Benchmark (e.g.
+// --benchmark_repetitions=3; the table keeps the fastest repetition).
+#include <attnkit/attnkit.hpp>
+#include <attnkit/tools/ecoformer_calibration.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+
+#include "report.hpp"
+
+namespace ak = attnkit;
+using ak::Index;
+namespace bm = benchmark;
+
+namespace {
+
+constexpr Index kHeads = 8, kDim = 64, kBits = 16, kAnchors = 32, kCalibrationRows = 256;
+using Backend = ak::OpenMP<>;
+
+// Clustered q, k (B=1, N, H, D) and uniform v, seeded; the same for every case of one N.
+struct Inputs {
+  std::vector<float> q, k, v, out;
+  explicit Inputs(Index n) : q(n * kHeads * kDim), k(q.size()), v(q.size()), out(q.size()) {
+    std::mt19937 rng(2022);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+    std::vector<float> centres(16 * kDim);
+    for (float& e : centres) e = normal(rng);
+    for (std::vector<float>* x : {&q, &k})
+      for (Index row = 0; row < n * kHeads; ++row) {
+        const float* centre = centres.data() + (rng() % 16) * kDim;
+        for (Index f = 0; f < kDim; ++f) (*x)[row * kDim + f] = centre[f] + 0.5f * normal(rng);
+      }
+    for (float& e : v) e = uniform(rng);
+  }
+  Index n() const { return static_cast<Index>(q.size() / (kHeads * kDim)); }
+  ak::View<const float, 4> view(const std::vector<float>& x) const { return ak::bshd(x.data(), 1, n(), kHeads, kDim); }
+  ak::View<float, 4> out_view() { return ak::bshd(out.data(), 1, n(), kHeads, kDim); }
+};
+
+// Hash parameters: calibrated on the first kCalibrationRows queries and keys of each head, or the
+// same anchors and mvec with A drawn standard normal (the calibration's start).
+ak::tools::EcoFormerCalibration hash_for(const Inputs& in, bool calibrated) {
+  std::vector<ak::tools::detail::RowsD> samples(kHeads, ak::tools::detail::RowsD(2 * kCalibrationRows, kDim));
+  for (Index h = 0; h < kHeads; ++h)
+    for (Index r = 0; r < kCalibrationRows; ++r)
+      for (Index f = 0; f < kDim; ++f) {
+        samples[h](2 * r, f) = in.q[(r * kHeads + h) * kDim + f];
+        samples[h](2 * r + 1, f) = in.k[(r * kHeads + h) * kDim + f];
+      }
+  ak::tools::EcoFormerCalibrationOptions options{.bits = kBits, .anchors = kAnchors, .top_k = 30, .seed = 9};
+  if (!calibrated) options.iterations = 0;  // keeps the seeded normal start
+  ak::tools::EcoFormerCalibration c = ak::tools::calibrate_ecoformer(samples, options);
+  if (!calibrated) {
+    std::mt19937_64 rng(31);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    for (float& e : c.a) e = static_cast<float>(normal(rng));
+  }
+  return c;
+}
+
+struct Case {
+  Index n;
+  bool causal;
+  std::string name() const { return "N=" + std::to_string(n) + (causal ? " causal" : ""); }
+};
+
+std::map<std::string, double>& seconds_of(const std::string& impl) {
+  static std::map<std::string, std::map<std::string, double>> seconds;
+  return seconds[impl];
+}
+
+template <class Call>
+double timed_loop(bm::State& state, Call&& call) {
+  const auto start = std::chrono::steady_clock::now();
+  std::int64_t runs = 0;
+  for (auto _ : state) {
+    call();
+    ++runs;
+  }
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  return runs > 0 ? elapsed.count() / static_cast<double>(runs) : 0.0;
+}
+
+void set_counters(bm::State& state, const ak::Cost& cost, const std::string& case_name, double seconds,
+                  const std::string& self) {
+  state.counters["FLOPs"] = cost.flops;
+  state.counters["GFLOPS"] = bm::Counter(cost.flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
+  for (const char* base : {"dense", "linear"})
+    if (self != base)
+      if (auto it = seconds_of(base).find(case_name); it != seconds_of(base).end() && seconds > 0)
+        state.counters[std::string("vs_") + base] = it->second / seconds;
+}
+
+double relative_error(const std::vector<float>& got, const std::vector<float>& exact) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    diff += (double(got[i]) - exact[i]) * (double(got[i]) - exact[i]);
+    norm += double(exact[i]) * exact[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+void register_case(const Case& c, bool with_dense) {
+  const Backend one_thread{.num_threads = 1};
+  if (with_dense)
+    bm::RegisterBenchmark(("dense/" + c.name()).c_str(),
+                          [c, one_thread](bm::State& state) {
+                            Inputs in(c.n);
+                            ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, one_thread);
+                            const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                            const double s = timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
+                            seconds_of("dense")[c.name()] =
+                                std::min(s, seconds_of("dense").contains(c.name()) ? seconds_of("dense")[c.name()] : s);
+                            set_counters(state, attn.cost(q, k, v), c.name(), 0, "dense");
+                          })
+        ->UseRealTime()
+        ->Unit(bm::kMillisecond);
+  bm::RegisterBenchmark(("linear/" + c.name()).c_str(),
+                        [c, one_thread](bm::State& state) {
+                          Inputs in(c.n);
+                          ak::Attention<ak::Linear, Backend> attn(ak::Linear::Options{.causal = c.causal}, one_thread);
+                          const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                          const double s = timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
+                          set_counters(state, attn.cost(q, k, v), c.name(), s, "linear");
+                          seconds_of("linear")[c.name()] =
+                              std::min(s, seconds_of("linear").contains(c.name()) ? seconds_of("linear")[c.name()] : s);
+                        })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
+  bm::RegisterBenchmark(("ecoformer/" + c.name()).c_str(),
+                        [c, one_thread](bm::State& state) {
+                          Inputs in(c.n);
+                          const ak::tools::EcoFormerCalibration hash = hash_for(in, false);
+                          ak::Attention<ak::EcoFormer, Backend> attn({.causal = c.causal}, one_thread);
+                          const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                          const double s = timed_loop(state, [&] { attn(q, k, v, hash.hash(), in.out_view()); });
+                          set_counters(state, attn.cost(q, k, v, hash.hash()), c.name(), s, "ecoformer");
+                          const double rows = double(c.n * kHeads);
+                          state.counters["mul_avoided"] = 2.0 * rows * kBits * kDim;
+                          state.counters["mul_done"] = 2.0 * rows * kAnchors * (kDim + kBits) + 3.0 * rows * kDim;
+                        })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
+}
+
+void print_table(const ak::bench::CollectingReporter& reporter, const std::vector<Case>& cases) {
+  auto find = [&](const std::string& name, const std::string& impl) { return reporter.find(name, impl); };
+  std::printf(
+      "\nbatch 1, %ld heads, d %ld, b %ld, m %ld anchors, fp32, 1 thread; speedup = other's time / EcoFormer's "
+      "(same run)\n",
+      long(kHeads), long(kDim), long(kBits), long(kAnchors));
+  std::printf("%-14s %10s %10s %10s %9s %9s %8s %12s\n", "case", "dense ms", "linear ms", "eco ms", "vs dense",
+              "vs linear", "GFLOP/s", "mul avoided");
+  for (const Case& c : cases) {
+    const auto *dense = find(c.name(), "dense"), *linear = find(c.name(), "linear"), *eco = find(c.name(), "ecoformer");
+    if (linear == nullptr || eco == nullptr) continue;
+    const double avoided = eco->counters.at("mul_avoided"), done = eco->counters.at("mul_done");
+    char dense_ms[16] = "-", vs_dense[16] = "-";
+    if (dense != nullptr) {
+      std::snprintf(dense_ms, sizeof dense_ms, "%.2f", dense->seconds * 1e3);
+      std::snprintf(vs_dense, sizeof vs_dense, "%.1fx", dense->seconds / eco->seconds);
+    }
+    std::printf("%-14s %10s %10.2f %10.2f %9s %8.2fx %8.1f %11.0f%%\n", c.name().c_str(), dense_ms,
+                linear->seconds * 1e3, eco->seconds * 1e3, vs_dense, linear->seconds / eco->seconds,
+                eco->counters.at("GFLOPS"), 100.0 * avoided / (avoided + done));
+  }
+}
+
+// Relative error against exact softmax attention (the dense kernel) at N, calibrated vs random A.
+void print_error(Index n) {
+  Inputs in(n);
+  const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+  std::printf(
+      "\nrelative error (Frobenius) vs exact softmax attention, N=%ld, same inputs; A calibrated on %ld "
+      "queries + keys per head (top_k 30) or drawn N(0, 1)\n",
+      long(n), long(kCalibrationRows));
+  std::printf("%-10s %12s %12s %12s\n", "", "calibrated", "random A", "linear");
+  for (bool causal : {false, true}) {
+    std::vector<float> exact(in.out.size());
+    ak::Attention<ak::Dense>(ak::Dense::Options{.causal = causal})(q, k, v, ak::bshd(exact.data(), 1, n, kHeads, kDim));
+    double errors[3];
+    for (int which = 0; which < 2; ++which) {
+      const ak::tools::EcoFormerCalibration hash = hash_for(in, which == 0);
+      ak::Attention<ak::EcoFormer>({.causal = causal})(q, k, v, hash.hash(), in.out_view());
+      errors[which] = relative_error(in.out, exact);
+    }
+    ak::Attention<ak::Linear>(ak::Linear::Options{.causal = causal})(q, k, v, in.out_view());
+    errors[2] = relative_error(in.out, exact);
+    std::printf("%-10s %12.3f %12.3f %12.3f\n", causal ? "causal" : "non-causal", errors[0], errors[1], errors[2]);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Eigen::setNbThreads(1);  // the calibration runs once per case, outside the timed loops
+  std::vector<Case> cases;
+  return ak::bench::bench_main(
+      argc, argv,
+      [&](bool full) {
+        for (bool causal : {false, true}) {
+          if (causal && !full) continue;
+          for (Index n = 1024; n <= 32768; n *= 2) cases.push_back({n, causal});
+        }
+        for (const Case& c : cases) register_case(c, full || c.n <= 4096);
+      },
+      [&](const ak::bench::CollectingReporter& reporter) {
+        print_table(reporter, cases);
+        print_error(1024);
+      });
+}
