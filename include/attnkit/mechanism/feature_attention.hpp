@@ -20,9 +20,12 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/tile/microkernel.hpp"
+#include "attnkit/tile/pack.hpp"
 #include "attnkit/tile/tile_shape.hpp"
 
 namespace attnkit::detail {
+
+using tile::prefetch_rows;
 
 // Positions per chunk: queries and keys of one causal step, keys per state update.
 inline constexpr Index kFeatureChunk = 64;
@@ -94,15 +97,6 @@ inline void divide(const float* x, float divisor, float* y, Index n) {
   Index i = 0;
   for (; i + W <= n; i += W) Ops::store(y + i, Ops::load(x + i) / Ops::broadcast(divisor));
   for (; i < n; ++i) y[i] = x[i] / divisor;
-}
-
-// Asks for rows (rows, cols) at x + r * ld to be brought into cache: the chunks stream strided
-// rows of q, k and v, which the hardware prefetcher loses at every page boundary.
-template <bool kForWrite = false>
-inline void prefetch_rows(const float* x, Index ld, Index rows, Index cols) {
-  constexpr Index kLine = 64 / sizeof(float);
-  for (Index r = 0; r < rows; ++r)
-    for (Index c = 0; c < cols; c += kLine) __builtin_prefetch(x + r * ld + c, kForWrite ? 1 : 0);
 }
 
 // Sizes of one feature-attention call; a function of the shape and the feature count only.

@@ -4,6 +4,7 @@
 //           ceil(keys / cols) panels of (head_dim, cols), keys past the block zero-filled.
 //   values: a block of `keys` rows (v_dim floats each) becomes ceil(v_dim / cols) strips of
 //           (keys, cols), columns past v_dim zero-filled.
+// Both request their source rows ahead of the copy; prefetch_rows is also used by other kernels.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +12,19 @@
 #include "attnkit/core/view.hpp"
 
 namespace attnkit::tile {
+
+// Rows ahead of the one being copied whose cache lines are requested: source rows far apart each
+// sit in their own page, where the hardware prefetchers do not follow.
+inline constexpr Index kPrefetchRowsAhead = 8;
+
+// Requests the cache lines of `rows` rows of `cols` floats, `row_stride` apart (kForWrite: rows
+// about to be written).
+template <bool kForWrite = false>
+inline void prefetch_rows(const float* x, Index row_stride, Index rows, Index cols) {
+  constexpr Index kLineFloats = 64 / sizeof(float);
+  for (Index j = 0; j < rows; ++j)
+    for (Index c = 0; c < cols; c += kLineFloats) __builtin_prefetch(x + j * row_stride + c, kForWrite ? 1 : 0);
+}
 
 // Floats a packed block of `keys` keys occupies.
 constexpr Index packed_key_floats(Index keys, Index head_dim, Index cols) {
@@ -23,6 +37,7 @@ inline void pack_key_panels(const float* k, Index row_stride, Index keys, Index 
   for (Index j0 = 0; j0 < keys; j0 += Cols) {
     float* panel = packed + j0 * head_dim;  // (head_dim, Cols)
     const Index n = std::min<Index>(Cols, keys - j0);
+    prefetch_rows(k + (j0 + Cols) * row_stride, row_stride, std::min<Index>(Cols, keys - j0 - Cols), head_dim);
     for (Index c = 0; c < n; ++c) {
       const float* row = k + (j0 + c) * row_stride;
       for (Index d = 0; d < head_dim; ++d) panel[d * Cols + c] = row[d];
@@ -44,6 +59,8 @@ inline void pack_value_strips(const float* v, Index row_stride, Index keys, Inde
     float* strip = packed + c0 * keys;  // (keys, Cols)
     const Index n = std::min<Index>(Cols, v_dim - c0);
     for (Index j = 0; j < keys; ++j) {
+      if (c0 == 0 && j + kPrefetchRowsAhead < keys)
+        prefetch_rows(v + (j + kPrefetchRowsAhead) * row_stride, 0, 1, v_dim);
       const float* row = v + j * row_stride + c0;
       float* out = strip + j * Cols;
       for (Index c = 0; c < n; ++c) out[c] = row[c];
