@@ -110,9 +110,9 @@ DensePlan make_block_sparse_plan(const AttentionShape& shape, const SequenceLayo
   plan.kv_groups = shape.heads.out_heads();
   plan.groups_per_item = 1;
   plan.item_groups = plan.kv_groups;
-  plan.kv_block = (block + Tile::cols - 1) / Tile::cols * Tile::cols;
+  plan.kv_block = Tile::pad_cols(block);
   plan.q_chunk = block;
-  plan.group_rows = (std::min(block, std::max<Index>(seqs.max_q_len(), 1)) + Tile::mr - 1) / Tile::mr * Tile::mr;
+  plan.group_rows = Tile::pad_rows(std::min(block, std::max<Index>(seqs.max_q_len(), 1)));
   plan.rows = plan.group_rows;
   plan.chunks = (seqs.max_q_len() + block - 1) / block;
   plan.split_keys = std::max<Index>(seqs.max_kv_len(), 1);

@@ -110,7 +110,7 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
   plan.kv_groups = shape.heads.out_heads() / plan.group;
   plan.q_chunk = std::max<Index>(1, rows_per_item(shape.v_dim) / plan.group);
   plan.q_chunk = std::min(plan.q_chunk, std::max<Index>(seqs.max_q_len(), 1));
-  plan.group_rows = (plan.q_chunk * plan.group + Tile::mr - 1) / Tile::mr * Tile::mr;
+  plan.group_rows = Tile::pad_rows(plan.q_chunk * plan.group);
   // Few rows per kv head: no packing, and one item walks every kv head so that it reads whole
   // (all-head) key rows, which the caches stream well.
   plan.stream_keys = plan.q_chunk * plan.group <= Tile::mr;
@@ -132,7 +132,7 @@ DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seq
 template <class V>
 void set_plan_bytes(DensePlan& plan, const AttentionShape& shape) {
   using Tile = RegisterTile<V>;
-  plan.acc_cols = (shape.v_dim + Tile::cols - 1) / Tile::cols * Tile::cols;
+  plan.acc_cols = Tile::pad_cols(shape.v_dim);
   const Index packed_keys = plan.stream_keys ? 0 : plan.kv_block;
   plan.scratch_bytes = array_bytes<float>(tile::packed_key_floats(packed_keys, shape.head_dim, Tile::cols)) +
                        array_bytes<float>(tile::packed_value_floats(packed_keys, shape.v_dim, Tile::cols)) +
@@ -255,7 +255,7 @@ class DenseKernel {
               if (tile_end == block) continue;  // nothing visible
               // Only the panels up to the tile's last visible key (skips the causal diagonal's upper half).
               const Index tile_keys = tile_end - block;
-              const Index padded_keys = (tile_keys + Tile::cols - 1) / Tile::cols * Tile::cols;
+              const Index padded_keys = Tile::pad_cols(tile_keys);
               bool needs_mask = false;
               for (Index r = 0; r < tile_rows; ++r)
                 needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;

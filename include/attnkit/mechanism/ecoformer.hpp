@@ -111,16 +111,6 @@ EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash) {
   return p;
 }
 
-// y += x over n floats.
-template <class V>
-inline void add_vec(const float* x, float* y, Index n) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  Index i = 0;
-  for (; i + W <= n; i += W) Ops::store(y + i, Ops::load(y + i) + Ops::load(x + i));
-  for (; i < n; ++i) y[i] += x[i];
-}
-
 // z = x + y over n floats.
 template <class V>
 inline void add_pair(const float* x, const float* y, float* z, Index n) {
@@ -136,7 +126,7 @@ inline void add_pair(const float* x, const float* y, float* z, Index n) {
 template <class V>
 inline void tree_sum(float* rows, Index count, Index n) {
   for (Index stride = 1; stride < count; stride *= 2)
-    for (Index r = 0; r + stride < count; r += 2 * stride) add_vec<V>(rows + (r + stride) * n, rows + r * n, n);
+    for (Index r = 0; r + stride < count; r += 2 * stride) add_to<V>(rows + (r + stride) * n, rows + r * n, n);
 }
 
 // out = (alpha x + beta y) / den over n floats (one scaling per output row, not per key).
@@ -245,10 +235,10 @@ class EcoKernel {
   // c_t += 1) or to clear_t (bit clear). Additions only.
   void add_key(std::uint64_t code, const float* v_row, const Buffers& buf) const {
     const Index dv = plan_.dv;
-    add_vec<V>(v_row, buf.vsum, dv);
+    add_to<V>(v_row, buf.vsum, dv);
     for (Index t = 0; t < plan_.bits; ++t) {
       const bool bit = (code >> t) & 1u;
-      add_vec<V>(v_row, (bit ? buf.set : buf.clear) + t * dv, dv);
+      add_to<V>(v_row, (bit ? buf.set : buf.clear) + t * dv, dv);
       buf.count[t] += bit;
     }
   }

@@ -170,7 +170,7 @@ class XScorer {
     // Columns a tile scores: its last row's visible ones, padded to whole panels.
     auto tile_cols = [&](Index tile) {
       const Index last = std::min(r_begin + (tile + 1) * Tile::mr, r_end) - 1;
-      return (geo_.visible_end(last) + Tile::cols - 1) / Tile::cols * Tile::cols;
+      return Tile::pad_cols(geo_.visible_end(last));
     };
     for (Index c0 = 0; c0 < tile_cols(tiles - 1); c0 += chunk_cols_)
       for (Index tile = 0; tile < tiles; ++tile) {
@@ -183,7 +183,7 @@ class XScorer {
     for (Index i = 0; i < rows; ++i) {
       const Index r = r_begin + i, n = geo_.visible_end(r);
       if (n == 0) continue;
-      const Index padded = (n + Tile::cols - 1) / Tile::cols * Tile::cols;
+      const Index padded = Tile::pad_cols(n);
       float* row = s + i * ld;
       tile::mask_block_row(row, padded, 0, {0, n}, tile::kNegInf);
       tile::SoftmaxRow state;
@@ -213,7 +213,7 @@ class XScorer {
   // Bytes of packed keys one chunk of columns takes: half the L2 budget, so that the chunk
   // and the item's q' rows stay in L2 while every row tile of the item uses the chunk.
   static constexpr Index kChunkBytes = kL2BudgetBytes / 2;
-  Index tile_rows() const { return (item_rows_ + Tile::mr - 1) / Tile::mr * Tile::mr; }
+  Index tile_rows() const { return Tile::pad_rows(item_rows_); }
 
   Index depth_ = 0, panels_ = 0, item_rows_ = 0, items_per_head_ = 0, chunk_cols_ = 0;
   float* packed_ = nullptr;

@@ -19,6 +19,7 @@ struct RegisterTile {
   static constexpr int mr = width == 1 ? 4 : std::min(12, (VecOps<V>::registers - nr - 2) / nr);
   static constexpr int cols = nr * width;  // columns of one packed key panel
   static constexpr Index pad_rows(Index rows) { return (rows + mr - 1) / mr * mr; }
+  static constexpr Index pad_cols(Index cols_) { return (cols_ + cols - 1) / cols * cols; }
 };
 
 // Cache budget a packed key/value block should fit in: half of a 512 KiB L2 (Zen 3; Ice Lake
