@@ -1,16 +1,18 @@
 // EcoFormer binary-hashing attention against the dense kernel and linear attention on the same
 // shapes, measured in the same run; prints the speed table and EcoFormer's error against exact
 // softmax attention with a calibrated and a random A.
-//   ecoformer_bench           N 1024..32768 for EcoFormer and linear, dense up to 4096; d 64, b 16,
-//                             m 32 anchors, 8 heads, non-causal, 1 thread (about a minute)
-//   ecoformer_bench --full    dense up to 32768 too, and causal cases
+//   ecoformer_bench           N 1024..32768, non-causal and causal, for EcoFormer (b 16 and 32) and
+//                             linear, dense up to 4096; d 64, m 32 anchors, 8 heads, 1 thread
+//                             (a few minutes)
+//   ecoformer_bench --full    dense up to 32768 too
 // Inputs: q and k drawn around 16 cluster centres (centres N(0, 1), spread 0.5), so exact attention
 // is peaked and hashing has structure to keep; v uniform. Counters: FLOPs (cost()), GFLOPS,
 // vs_dense and vs_linear (their time / this time, from the runs of the same case registered just
 // before), mul_avoided (multiplies a float h_qᵀ (Σ h_k vᵀ) would spend: b Dv per key and per query,
-// every head), mul_done (multiplies EcoFormer performs: hashing m (D + b) per hashed row, 3 Dv per
+// every head), mul_done (multiplies EcoFormer performs: hashing m (D + b) per hashed row, 2 Dv per
 // output for the final scale and division). Other arguments go to Google Benchmark (e.g.
 // --benchmark_repetitions=3; the table keeps the fastest repetition).
+#include <array>
 #include <attnkit/attnkit.hpp>
 #include <attnkit/tools/ecoformer_calibration.hpp>
 #include <chrono>
@@ -29,7 +31,8 @@ namespace bm = benchmark;
 
 namespace {
 
-constexpr Index kHeads = 8, kDim = 64, kBits = 16, kAnchors = 32, kCalibrationRows = 256;
+constexpr Index kHeads = 8, kDim = 64, kAnchors = 32, kCalibrationRows = 256;
+constexpr std::array<Index, 2> kBits{16, 32};  // the target: faster than linear for b <= 32
 using Backend = ak::OpenMP<>;
 
 // Clustered q, k (B=1, N, H, D) and uniform v, seeded; the same for every case of one N.
@@ -55,7 +58,7 @@ struct Inputs {
 
 // Hash parameters: calibrated on the first kCalibrationRows queries and keys of each head, or the
 // same anchors and mvec with A drawn standard normal (the calibration's start).
-ak::tools::EcoFormerCalibration hash_for(const Inputs& in, bool calibrated) {
+ak::tools::EcoFormerCalibration hash_for(const Inputs& in, Index bits, bool calibrated) {
   std::vector<ak::tools::detail::RowsD> samples(kHeads, ak::tools::detail::RowsD(2 * kCalibrationRows, kDim));
   for (Index h = 0; h < kHeads; ++h)
     for (Index r = 0; r < kCalibrationRows; ++r)
@@ -63,7 +66,7 @@ ak::tools::EcoFormerCalibration hash_for(const Inputs& in, bool calibrated) {
         samples[h](2 * r, f) = in.q[(r * kHeads + h) * kDim + f];
         samples[h](2 * r + 1, f) = in.k[(r * kHeads + h) * kDim + f];
       }
-  ak::tools::EcoFormerCalibrationOptions options{.bits = kBits, .anchors = kAnchors, .top_k = 30, .seed = 9};
+  ak::tools::EcoFormerCalibrationOptions options{.bits = bits, .anchors = kAnchors, .top_k = 30, .seed = 9};
   if (!calibrated) options.iterations = 0;  // keeps the seeded normal start
   ak::tools::EcoFormerCalibration c = ak::tools::calibrate_ecoformer(samples, options);
   if (!calibrated) {
@@ -143,42 +146,48 @@ void register_case(const Case& c, bool with_dense) {
                         })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
-  bm::RegisterBenchmark(("ecoformer/" + c.name()).c_str(),
-                        [c, one_thread](bm::State& state) {
-                          Inputs in(c.n);
-                          const ak::tools::EcoFormerCalibration hash = hash_for(in, false);
-                          ak::Attention<ak::EcoFormer, Backend> attn({.causal = c.causal}, one_thread);
-                          const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-                          const double s = timed_loop(state, [&] { attn(q, k, v, hash.hash(), in.out_view()); });
-                          set_counters(state, attn.cost(q, k, v, hash.hash()), c.name(), s, "ecoformer");
-                          const double rows = double(c.n * kHeads);
-                          state.counters["mul_avoided"] = 2.0 * rows * kBits * kDim;
-                          state.counters["mul_done"] = 2.0 * rows * kAnchors * (kDim + kBits) + 3.0 * rows * kDim;
-                        })
-      ->UseRealTime()
-      ->Unit(bm::kMillisecond);
+  for (const Index bits : kBits)
+    bm::RegisterBenchmark(("ecoformer-b" + std::to_string(bits) + "/" + c.name()).c_str(),
+                          [c, bits, one_thread](bm::State& state) {
+                            Inputs in(c.n);
+                            const ak::tools::EcoFormerCalibration hash = hash_for(in, bits, false);
+                            ak::Attention<ak::EcoFormer, Backend> attn({.causal = c.causal}, one_thread);
+                            const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                            const double s = timed_loop(state, [&] { attn(q, k, v, hash.hash(), in.out_view()); });
+                            set_counters(state, attn.cost(q, k, v, hash.hash()), c.name(), s, "ecoformer");
+                            const double rows = double(c.n * kHeads);
+                            state.counters["mul_avoided"] = 2.0 * rows * double(bits) * kDim;
+                            state.counters["mul_done"] =
+                                2.0 * rows * kAnchors * double(kDim + bits) + 2.0 * rows * kDim;
+                          })
+        ->UseRealTime()
+        ->Unit(bm::kMillisecond);
 }
 
 void print_table(const ak::bench::CollectingReporter& reporter, const std::vector<Case>& cases) {
   auto find = [&](const std::string& name, const std::string& impl) { return reporter.find(name, impl); };
   std::printf(
-      "\nbatch 1, %ld heads, d %ld, b %ld, m %ld anchors, fp32, 1 thread; speedup = other's time / EcoFormer's "
-      "(same run)\n",
-      long(kHeads), long(kDim), long(kBits), long(kAnchors));
-  std::printf("%-14s %10s %10s %10s %9s %9s %8s %12s\n", "case", "dense ms", "linear ms", "eco ms", "vs dense",
-              "vs linear", "GFLOP/s", "mul avoided");
+      "\nbatch 1, %ld heads, d %ld, m %ld anchors, fp32, 1 thread; speedup = other's time / EcoFormer's (same "
+      "run); mul avoided: b16 / b32\n",
+      long(kHeads), long(kDim), long(kAnchors));
+  std::printf("%-14s %9s %9s %9s %9s %9s %9s %9s %12s\n", "case", "dense ms", "linear ms", "b16 ms", "vs linear",
+              "b32 ms", "vs linear", "vs dense", "mul avoided");
   for (const Case& c : cases) {
-    const auto *dense = find(c.name(), "dense"), *linear = find(c.name(), "linear"), *eco = find(c.name(), "ecoformer");
-    if (linear == nullptr || eco == nullptr) continue;
-    const double avoided = eco->counters.at("mul_avoided"), done = eco->counters.at("mul_done");
+    const auto *dense = find(c.name(), "dense"), *linear = find(c.name(), "linear");
+    const auto *b16 = find(c.name(), "ecoformer-b16"), *b32 = find(c.name(), "ecoformer-b32");
+    if (linear == nullptr || b16 == nullptr || b32 == nullptr) continue;
+    auto avoided = [](const ak::bench::Measured* eco) {
+      const double avoided = eco->counters.at("mul_avoided"), done = eco->counters.at("mul_done");
+      return 100.0 * avoided / (avoided + done);
+    };
     char dense_ms[16] = "-", vs_dense[16] = "-";
     if (dense != nullptr) {
       std::snprintf(dense_ms, sizeof dense_ms, "%.2f", dense->seconds * 1e3);
-      std::snprintf(vs_dense, sizeof vs_dense, "%.1fx", dense->seconds / eco->seconds);
+      std::snprintf(vs_dense, sizeof vs_dense, "%.1fx", dense->seconds / b16->seconds);
     }
-    std::printf("%-14s %10s %10.2f %10.2f %9s %8.2fx %8.1f %11.0f%%\n", c.name().c_str(), dense_ms,
-                linear->seconds * 1e3, eco->seconds * 1e3, vs_dense, linear->seconds / eco->seconds,
-                eco->counters.at("GFLOPS"), 100.0 * avoided / (avoided + done));
+    std::printf("%-14s %9s %9.2f %9.2f %8.2fx %9.2f %8.2fx %9s %6.0f / %.0f%%\n", c.name().c_str(), dense_ms,
+                linear->seconds * 1e3, b16->seconds * 1e3, linear->seconds / b16->seconds, b32->seconds * 1e3,
+                linear->seconds / b32->seconds, vs_dense, avoided(b16), avoided(b32));
   }
 }
 
@@ -188,7 +197,7 @@ void print_error(Index n) {
   const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
   std::printf(
       "\nrelative error (Frobenius) vs exact softmax attention, N=%ld, same inputs; A calibrated on %ld "
-      "queries + keys per head (top_k 30) or drawn N(0, 1)\n",
+      "queries + keys per head (top_k 30) or drawn N(0, 1); b 16\n",
       long(n), long(kCalibrationRows));
   std::printf("%-10s %12s %12s %12s\n", "", "calibrated", "random A", "linear");
   for (bool causal : {false, true}) {
@@ -196,7 +205,7 @@ void print_error(Index n) {
     ak::Attention<ak::Dense>(ak::Dense::Options{.causal = causal})(q, k, v, ak::bshd(exact.data(), 1, n, kHeads, kDim));
     double errors[3];
     for (int which = 0; which < 2; ++which) {
-      const ak::tools::EcoFormerCalibration hash = hash_for(in, which == 0);
+      const ak::tools::EcoFormerCalibration hash = hash_for(in, kBits[0], which == 0);
       ak::Attention<ak::EcoFormer>({.causal = causal})(q, k, v, hash.hash(), in.out_view());
       errors[which] = relative_error(in.out, exact);
     }
@@ -215,7 +224,6 @@ int main(int argc, char** argv) {
       argc, argv,
       [&](bool full) {
         for (bool causal : {false, true}) {
-          if (causal && !full) continue;
           for (Index n = 1024; n <= 32768; n *= 2) cases.push_back({n, causal});
         }
         for (const Case& c : cases) register_case(c, full || c.n <= 4096);

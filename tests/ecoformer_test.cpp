@@ -229,19 +229,21 @@ TEST_CASE("ecoformer runs in exactly workspace_bytes of caller memory", "[ecofor
   ::operator delete (block, std::align_val_t{64});
 }
 
-TEST_CASE("ecoformer cost grows linearly with the sequence", "[ecoformer]") {
+TEST_CASE("ecoformer cost counts the hash and the additions of the sums", "[ecoformer]") {
   const float* none = reinterpret_cast<const float*>(16);
   const ak::EcoFormerHash hash{ak::View<const float, 2>(none, {32, 64}, {64, 1}),
                                ak::View<const float, 1>(none, {32}, {1}),
                                ak::View<const float, 3>(none, {8, 16, 32}, {512, 32, 1})};
-  ak::Attention<ak::EcoFormer, ak::Simd<>> attn;
-  auto flops = [&](Index n) {
+  auto flops = [&](Index n, bool causal) {
     const auto x = ak::bshd(none, 1, n, 8, 64);
-    return attn.cost(x, x, x, hash).flops;
+    return ak::Attention<ak::EcoFormer, ak::Simd<>>({.causal = causal}).cost(x, x, x, hash).flops;
   };
-  CHECK(flops(8192) == Approx(2 * flops(4096)).epsilon(1e-9));
-  // per token and head: hashing q and k 2 * 2 * 32 * (64 + 16), keys 17 * 64, queries 19 * 64.
-  CHECK(flops(4096) == Approx(8.0 * 4096 * (4 * 32 * 80 + 17 * 64 + 19 * 64)).epsilon(1e-9));
+  // Per token and head: hashing q and k 2 * 2 * 32 * (64 + 16). Non-causal: keys 4 * 64 (four
+  // nibbles), queries (4 + 2) * 64, and per head the tables 64 * (16 + 4 * (4 * 16 + 32 - 4)).
+  // Causal: keys 17 * 64, queries 18 * 64.
+  CHECK(flops(4096, false) == Approx(8.0 * 4096 * (4 * 32 * 80 + 4 * 64 + 6 * 64) + 8.0 * 64 * (16 + 4 * 92)));
+  CHECK(flops(4096, true) == Approx(8.0 * 4096 * (4 * 32 * 80 + 17 * 64 + 18 * 64)).epsilon(1e-9));
+  CHECK(flops(8192, true) == Approx(2 * flops(4096, true)).epsilon(1e-9));
 }
 
 TEST_CASE("ecoformer rejects bad input with a message naming the argument", "[ecoformer]") {

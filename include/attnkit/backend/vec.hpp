@@ -1,10 +1,13 @@
 // Vector primitives over the backends' vector types, so one kernel template serves Scalar (V =
 // float, plain loops) and Simd (V = xsimd::batch<float, Arch>). VecOps<V> gives width, register
-// count, load / store / broadcast / fma / max, horizontal sum and max. exp lives in exp.hpp.
+// count, load / store / broadcast / fma / max, horizontal sum and max, and the lanes that are > 0
+// as bits. exp lives in exp.hpp.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 namespace attnkit {
@@ -26,6 +29,7 @@ struct VecOps<float> {
   static float max(float a, float b) { return std::max(a, b); }
   static float sum(float x) { return x; }
   static float reduce_max(float x) { return x; }
+  static std::uint32_t positive_lanes(float x) { return x > 0.0f ? 1u : 0u; }
 };
 
 template <class Arch>
@@ -45,6 +49,26 @@ struct VecOps<xsimd::batch<float, Arch>> {
     alignas(64) float lanes[width];
     x.store_aligned(lanes);
     return *std::max_element(lanes, lanes + width);
+  }
+  // Bit i set <=> lane i > 0 (a NaN lane gives 0): one compare and a mask move on x86.
+  static std::uint32_t positive_lanes(const V& x) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>)
+      return _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
+#endif
+#if defined(__AVX__)
+    if constexpr (std::is_base_of_v<xsimd::avx, Arch>)
+      return static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ)));
+#endif
+#if defined(__SSE2__)
+    if constexpr (std::is_base_of_v<xsimd::sse2, Arch>)
+      return static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmpgt_ps(x, _mm_setzero_ps())));
+#endif
+    alignas(64) float lanes[width];
+    x.store_aligned(lanes);
+    std::uint32_t bits = 0;
+    for (int i = 0; i < width; ++i) bits |= static_cast<std::uint32_t>(lanes[i] > 0.0f) << i;
+    return bits;
   }
 };
 

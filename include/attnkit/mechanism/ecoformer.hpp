@@ -24,16 +24,23 @@
 // V = Σ_j v_j and N keys,
 //   Σ_j w_ij v_j = V + 2 Σ_t (bit t of i set ? set_t : clear_t),
 //   Σ_j w_ij     = N + 2 Σ_t (bit t of i set ? c_t : N - c_t)   (exact integers),
-// so a key costs b + 1 vector additions routed by its bits and a query b additions (summed as a
-// tree), plus one division per output: no multiplies in the Σ h v sums. (The algebraically equal
-// form (b + 1) V + Σ_t h_t (2 set_t - V) of the paper loses ~b ulps to cancellation at b = 64;
-// this one adds only sums of values.) Causal calls keep the sums as prefix sums, token by token.
+// and every term is a plain sum of values: no multiplies in the Σ h v sums. (The algebraically
+// equal form (b + 1) V + Σ_t h_t (2 set_t - V) of the paper loses ~b ulps to cancellation at
+// b = 64; this one never subtracts.)
+//   Non-causal: the codes are cut into nibbles of 4 bits. A key adds its value to one bucket per
+//   nibble (the bucket of its 4 bits there: b / 4 additions per key). Each nibble's 16 buckets then
+//   give its 16-entry table T(g, p) = Σ_{t in nibble g} (bit t of p ? set_t : clear_t), so a query
+//   adds b / 4 table rows: num = V + 2 Σ_g T(g, p_g(i)).
+//   Causal: keys enter one at a time into set_t / clear_t (b + 1 additions per key) and a query
+//   adds its b terms, token by token.
+// Hashing is two small GEMMs per block of rows (rows x anchorsᵀ, then kappa x Aᵀ), exps and a sign
+// mask; without a fixed sigma the anchor dots of every row are kept until the mean distance is
+// known, so q and k are read once either way.
 // Work items are (batch entry, kv head) and run start to end on one thread, so results do not
 // depend on the thread count. Not supported here: padded lengths, packed sequences, decode state.
 // The reference is reference/ecoformer.hpp; the shared GEMM tiles come from feature_attention.hpp.
 #pragma once
 
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -74,40 +81,57 @@ namespace detail {
 
 inline constexpr Index kHashChunk = 60;  // rows hashed per GEMM block: a multiple of every tile's rows
 inline constexpr Index kAhead = 8;       // rows prefetched ahead of strided row streams
+inline constexpr Index kNibble = 4;      // code bits per bucket group of the non-causal sums
+inline constexpr Index kNibbleCodes = Index{1} << kNibble;
 
 // Sizes of one EcoFormer call.
 struct EcoPlan {
   Index m = 0, d = 0, bits = 0, dv = 0;
+  Index m_pad = 0, bits_pad = 0;  // padded to the vector width (zero anchors, zero A columns)
   Index group = 1, kv_groups = 0, items = 0, q_len = 0, kv_len = 0;
-  Index chunk_rows = 0;           // kHashChunk (a multiple of the register tile's rows)
-  std::size_t shared_bytes = 0;   // anchorsᵀ, anchor norms, Aᵀ: written once, read by all threads
+  Index nibbles = 0;   // ceil(bits / kNibble): bucket groups of the non-causal sums
+  Index dot_rows = 0;  // rows of the anchor dots buffer: a chunk (sigma set) or every row of q or k
+  bool causal = false;
+  std::size_t shared_bytes = 0;   // anchorsᵀ, anchor norms, mvec, Aᵀ: written once, read by all threads
   std::size_t scratch_bytes = 0;  // per thread
 };
 
 template <class V>
-EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash) {
+EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash, const EcoFormer::Options& options) {
+  constexpr Index W = VecOps<V>::width;
+  static_assert(kHashChunk % RegisterTile<V>::mr == 0, "full hash chunks are read in place");
   EcoPlan p;
   p.m = hash.anchors.extent(0);
   p.d = shape.head_dim;
   p.bits = hash.a.extent(1);
   p.dv = shape.v_dim;
+  p.m_pad = (p.m + W - 1) / W * W;
+  p.bits_pad = (p.bits + W - 1) / W * W;
   p.group = shape.heads.group();
   p.kv_groups = shape.heads.out_heads() / p.group;
   p.items = shape.batch * p.kv_groups;
   p.q_len = shape.q_len;
   p.kv_len = shape.kv_len;
-  static_assert(kHashChunk % RegisterTile<V>::mr == 0, "full hash chunks are read in place");
-  p.chunk_rows = kHashChunk;
-  p.shared_bytes = array_bytes<float>(p.d * p.m) + array_bytes<float>(p.m) + array_bytes<float>(p.d) +
-                   array_bytes<float>(shape.heads.kv_heads * p.m * p.bits);
-  p.scratch_bytes = array_bytes<float>(p.chunk_rows * p.d) +         // rows being hashed
-                    array_bytes<float>(p.chunk_rows * p.m) +         // dots, then kappa
-                    array_bytes<float>(p.chunk_rows * p.bits) +      // projections y
+  p.nibbles = (p.bits + kNibble - 1) / kNibble;
+  p.causal = options.causal;
+  const Index longest = std::max(p.q_len, p.kv_len);
+  p.dot_rows = options.sigma ? kHashChunk : (longest + kHashChunk - 1) / kHashChunk * kHashChunk;
+  p.shared_bytes = array_bytes<float>(p.d * p.m_pad) + 2 * array_bytes<float>(p.m_pad) +
+                   array_bytes<float>(shape.heads.kv_heads * p.m_pad * p.bits_pad);
+  p.scratch_bytes = array_bytes<float>(kHashChunk * p.d) +           // a partial chunk's rows, zero-padded
+                    array_bytes<float>(p.dot_rows * p.m_pad) +       // anchor dots, then kappa
+                    array_bytes<float>(p.dot_rows) +                 // |x|² per row
+                    array_bytes<float>(kHashChunk * p.bits_pad) +    // projections y
                     array_bytes<std::uint64_t>(p.kv_len) +           // key codes
                     array_bytes<std::uint64_t>(p.group * p.q_len) +  // query codes per out head
-                    3 * array_bytes<float>(p.bits * p.dv) +          // set, clear, terms of a query
-                    array_bytes<float>(p.dv) +                       // V
-                    array_bytes<std::int64_t>(p.bits);               // c
+                    array_bytes<float>(p.dv);                        // V
+  if (p.causal)
+    p.scratch_bytes += 2 * array_bytes<float>(p.bits * p.dv) +  // set, clear
+                       array_bytes<std::int64_t>(p.bits);       // c
+  else
+    p.scratch_bytes += array_bytes<float>(p.nibbles * kNibbleCodes * p.dv) +  // buckets, then tables
+                       2 * array_bytes<float>(kNibble * p.dv) +               // set / clear of one nibble
+                       array_bytes<std::int64_t>(p.nibbles * kNibbleCodes);   // their key counts
   return p;
 }
 
@@ -121,24 +145,43 @@ inline void add_pair(const float* x, const float* y, float* z, Index n) {
   for (; i < n; ++i) z[i] = x[i] + y[i];
 }
 
-// rows (count, n), count >= 1: rows[0] becomes Σ_r rows[r], summed pairwise (a tree), so an element
-// sees about log2(count) roundings instead of count .
+// rows[r][i] += x[i] for every r < count, over n floats (x read once).
 template <class V>
-inline void tree_sum(float* rows, Index count, Index n) {
-  for (Index stride = 1; stride < count; stride *= 2)
-    for (Index r = 0; r + stride < count; r += 2 * stride) add_to<V>(rows + (r + stride) * n, rows + r * n, n);
-}
-
-// out = (alpha x + beta y) / den over n floats (one scaling per output row, not per key).
-template <class V>
-inline void combine_divide(float alpha, const float* x, float beta, const float* y, float den, float* out, Index n) {
+inline void add_to_rows(const float* x, float* const* rows, Index count, Index n) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
-  const float inv = 1.0f / den;
-  const V a = Ops::broadcast(alpha), b = Ops::broadcast(beta), s = Ops::broadcast(inv);
   Index i = 0;
-  for (; i + W <= n; i += W) Ops::store(out + i, Ops::fma(a, Ops::load(x + i), b * Ops::load(y + i)) * s);
-  for (; i < n; ++i) out[i] = (alpha * x[i] + beta * y[i]) * inv;
+  for (; i + W <= n; i += W) {
+    const V xi = Ops::load(x + i);
+    for (Index r = 0; r < count; ++r) Ops::store(rows[r] + i, Ops::load(rows[r] + i) + xi);
+  }
+  for (; i < n; ++i)
+    for (Index r = 0; r < count; ++r) rows[r][i] += x[i];
+}
+
+// out = (base + 2 Σ_r rows[r]) / den over n floats, count >= 1 rows summed in four interleaved
+// partial sums joined pairwise (at most count / 3 + 2 roundings per element).
+template <class V>
+inline void sum_rows_divide(const float* const* rows, Index count, const float* base, float den, float* out, Index n) {
+  const float inv = 1.0f / den;
+  auto column = [&]<class T>(Index c) {
+    using Ops = VecOps<T>;
+    T a0 = Ops::load(rows[0] + c), a1 = Ops::zero(), a2 = Ops::zero(), a3 = Ops::zero();
+    Index r = 1;
+    for (; r + 3 <= count; r += 3) {
+      a1 = a1 + Ops::load(rows[r] + c);
+      a2 = a2 + Ops::load(rows[r + 1] + c);
+      a3 = a3 + Ops::load(rows[r + 2] + c);
+    }
+    if (r < count) a1 = a1 + Ops::load(rows[r] + c);
+    if (r + 1 < count) a2 = a2 + Ops::load(rows[r + 1] + c);
+    const T total = (a0 + a1) + (a2 + a3);
+    Ops::store(out + c, Ops::fma(Ops::broadcast(2.0f), total, Ops::load(base + c)) * Ops::broadcast(inv));
+  };
+  constexpr int W = VecOps<V>::width;
+  Index c = 0;
+  for (; c + W <= n; c += W) column.template operator()<V>(c);
+  for (; c < n; ++c) column.template operator()<float>(c);
 }
 
 template <class V>
@@ -147,31 +190,32 @@ class EcoKernel {
   EcoKernel(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
             const View<float, 4>& out, const AttentionShape& shape, const EcoFormerHash& hash, const EcoPlan& plan,
             const EcoFormer::Options& options, std::byte* workspace)
-      : q_(q), k_(k), v_(v), out_(out), shape_(shape), hash_(hash), plan_(plan), options_(options) {
+      : q_(q), k_(k), v_(v), out_(out), shape_(shape), plan_(plan), options_(options) {
+    const Index m = plan.m, mp = plan.m_pad, bp = plan.bits_pad;
     Arena arena(workspace, plan.shared_bytes);
-    anchors_t_ = arena.take<float>(plan.d * plan.m);                      // (d, m)
-    anchor_norms_ = arena.take<float>(plan.m);                            // (m)
-    anchor_mean_ = arena.take<float>(plan.d);                             // (d)
-    a_t_ = arena.take<float>(shape.heads.kv_heads * plan.m * plan.bits);  // (kv_heads, m, bits)
-    for (Index j = 0; j < plan.m; ++j) {
+    anchors_t_ = arena.take<float>(plan.d * mp);               // (d, m_pad)
+    anchor_norms_ = arena.take<float>(mp);                     // (m_pad)
+    mvec_ = arena.take<float>(mp);                             // (m_pad)
+    a_t_ = arena.take<float>(shape.heads.kv_heads * mp * bp);  // (kv_heads, m_pad, bits_pad)
+    std::fill(anchors_t_, anchors_t_ + plan.d * mp, 0.0f);
+    std::fill(anchor_norms_, anchor_norms_ + mp, 0.0f);
+    std::fill(mvec_, mvec_ + mp, 0.0f);
+    std::fill(a_t_, a_t_ + shape.heads.kv_heads * mp * bp, 0.0f);
+    for (Index j = 0; j < m; ++j) {
       float norm = 0;
       for (Index f = 0; f < plan.d; ++f) {
         const float x = hash.anchors(j, f);
-        anchors_t_[f * plan.m + j] = x;
+        anchors_t_[f * mp + j] = x;
         norm += x * x;
       }
       anchor_norms_[j] = norm;
+      mvec_[j] = hash.mvec(j);
     }
     mean_norm_ = 0;
-    for (Index j = 0; j < plan.m; ++j) mean_norm_ += anchor_norms_[j] / static_cast<double>(plan.m);
-    for (Index f = 0; f < plan.d; ++f) {
-      double mean = 0;
-      for (Index j = 0; j < plan.m; ++j) mean += anchors_t_[f * plan.m + j] / static_cast<double>(plan.m);
-      anchor_mean_[f] = static_cast<float>(mean);
-    }
+    for (Index j = 0; j < m; ++j) mean_norm_ += anchor_norms_[j] / static_cast<double>(m);
     for (Index h = 0; h < shape.heads.kv_heads; ++h)
       for (Index t = 0; t < plan.bits; ++t)
-        for (Index j = 0; j < plan.m; ++j) a_t_[(h * plan.m + j) * plan.bits + t] = hash.a(h, t, j);
+        for (Index j = 0; j < m; ++j) a_t_[(h * mp + j) * bp + t] = hash.a(h, t, j);
     scratch_ = workspace + plan.shared_bytes;
   }
 
@@ -181,32 +225,141 @@ class EcoKernel {
     const Index bits = plan_.bits, dv = plan_.dv;
     Arena arena(scratch_ + plan_.scratch_bytes * static_cast<std::size_t>(slot), plan_.scratch_bytes);
     Buffers buf;
-    buf.rows = arena.take<float>(plan_.chunk_rows * plan_.d);           // (chunk_rows, d)
-    buf.kappa = arena.take<float>(plan_.chunk_rows * plan_.m);          // (chunk_rows, m)
-    buf.y = arena.take<float>(plan_.chunk_rows * bits);                 // (chunk_rows, bits)
+    buf.rows = arena.take<float>(kHashChunk * plan_.d);                 // (chunk, d)
+    buf.dots = arena.take<float>(plan_.dot_rows * plan_.m_pad);         // (dot_rows, m_pad)
+    buf.norms = arena.take<float>(plan_.dot_rows);                      // (dot_rows)
+    buf.y = arena.take<float>(kHashChunk * plan_.bits_pad);             // (chunk, bits_pad)
     buf.kcodes = arena.take<std::uint64_t>(plan_.kv_len);               // (kv_len)
     buf.qcodes = arena.take<std::uint64_t>(plan_.group * plan_.q_len);  // (group, q_len)
-    buf.set = arena.take<float>(bits * dv);                             // (bits, dv)
-    buf.clear = arena.take<float>(bits * dv);                           // (bits, dv)
-    buf.terms = arena.take<float>(bits * dv);                           // (bits, dv)
     buf.vsum = arena.take<float>(dv);                                   // (dv)
-    buf.count = arena.take<std::int64_t>(bits);                         // (bits)
+    if (plan_.causal) {
+      buf.set = arena.take<float>(bits * dv);      // (bits, dv)
+      buf.clear = arena.take<float>(bits * dv);    // (bits, dv)
+      buf.count = arena.take<std::int64_t>(bits);  // (bits)
+    } else {
+      buf.tables = arena.take<float>(plan_.nibbles * kNibbleCodes * dv);   // (nibbles, 16, dv)
+      buf.set = arena.take<float>(kNibble * dv);                           // (4, dv)
+      buf.clear = arena.take<float>(kNibble * dv);                         // (4, dv)
+      buf.count = arena.take<std::int64_t>(plan_.nibbles * kNibbleCodes);  // (nibbles, 16)
+    }
 
     hash_rows(k_, batch, kv_head, kv_head, plan_.kv_len, buf.kcodes, buf);
     for (Index h = 0; h < plan_.group; ++h) {
       const Index out_head = kv_group * plan_.group + h;
       hash_rows(q_, batch, shape_.heads.q_head(out_head), kv_head, plan_.q_len, buf.qcodes + h * plan_.q_len, buf);
     }
+    if (plan_.causal)
+      run_causal(batch, kv_group, kv_head, buf);
+    else
+      run_non_causal(batch, kv_group, kv_head, buf);
+  }
+
+ private:
+  struct Buffers {
+    float *rows, *dots, *norms, *y;
+    std::uint64_t *kcodes, *qcodes;
+    float *vsum, *set, *clear, *tables = nullptr;
+    std::int64_t* count;
+  };
+
+  void zero_out_rows(Index batch, Index kv_group) const {
+    for (Index i = 0; i < plan_.q_len; ++i)
+      for (Index h = 0; h < plan_.group; ++h) {
+        float* out_row = out_.at(batch, i, kv_group * plan_.group + h, 0);
+        std::fill(out_row, out_row + plan_.dv, 0.0f);
+      }
+  }
+
+  // Non-causal. Keys go into buckets by each 4-bit group (nibble) of their codes: bucket (g, p)
+  // sums the values whose nibble g is p (nibbles / 4 additions per key). Each nibble's buckets then
+  // become a table over the 16 query nibbles p: T(g, p) = Σ_{t in g} (bit t of p ? set_t : clear_t),
+  // the sum over the nibble's bits of the values of the keys that agree there. A query adds one
+  // table row per nibble: num = V + 2 Σ_g T(g, p_g), den = N + 2 Σ_g count(g, p_g).
+  void run_non_causal(Index batch, Index kv_group, Index kv_head, const Buffers& buf) const {
+    const Index dv = plan_.dv, n = plan_.kv_len, nibbles = plan_.nibbles;
+    if (n == 0) return zero_out_rows(batch, kv_group);
+    std::fill(buf.tables, buf.tables + nibbles * kNibbleCodes * dv, 0.0f);
+    std::fill(buf.count, buf.count + nibbles * kNibbleCodes, std::int64_t{0});
+    for (Index j = 0; j < n; ++j) {
+      if (j + kAhead < n) prefetch_rows(v_.at(batch, j + kAhead, kv_head, 0), 0, 1, dv);
+      const std::uint64_t code = buf.kcodes[j];
+      float* buckets[EcoFormer::kMaxBits / kNibble];
+      for (Index g = 0; g < nibbles; ++g) {
+        const Index bucket = g * kNibbleCodes + static_cast<Index>((code >> (g * kNibble)) & (kNibbleCodes - 1));
+        buckets[g] = buf.tables + bucket * dv;
+        ++buf.count[bucket];
+      }
+      add_to_rows<V>(v_.at(batch, j, kv_head, 0), buckets, nibbles, dv);
+    }
+    std::fill(buf.vsum, buf.vsum + dv, 0.0f);  // V: the sum of nibble 0's buckets
+    for (Index p = 0; p < nibble_codes(0); ++p) add_to<V>(buf.tables + p * dv, buf.vsum, dv);
+    for (Index g = 0; g < nibbles; ++g) nibble_table(g, n, buf);
+
+    const float* rows[EcoFormer::kMaxBits / kNibble];
+    for (Index i = 0; i < plan_.q_len; ++i)
+      for (Index h = 0; h < plan_.group; ++h) {
+        const Index out_head = kv_group * plan_.group + h;
+        if (i + kAhead < plan_.q_len) prefetch_rows<true>(out_.at(batch, i + kAhead, out_head, 0), 0, 1, dv);
+        const std::uint64_t code = buf.qcodes[h * plan_.q_len + i];
+        std::int64_t agree = 0;
+        for (Index g = 0; g < nibbles; ++g) {
+          const Index entry = g * kNibbleCodes + static_cast<Index>((code >> (g * kNibble)) & (kNibbleCodes - 1));
+          rows[g] = buf.tables + entry * dv;
+          agree += buf.count[entry];
+        }
+        sum_rows_divide<V>(rows, nibbles, buf.vsum, static_cast<float>(n + 2 * agree), out_.at(batch, i, out_head, 0),
+                           dv);
+      }
+  }
+
+  Index nibble_bits(Index g) const { return std::min(kNibble, plan_.bits - g * kNibble); }
+  Index nibble_codes(Index g) const { return Index{1} << nibble_bits(g); }
+
+  // Nibble g's buckets (values and counts, over n keys) become its tables, in place.
+  void nibble_table(Index g, Index n, const Buffers& buf) const {
+    const Index dv = plan_.dv, width = nibble_bits(g), codes = nibble_codes(g);
+    float* table = buf.tables + g * kNibbleCodes * dv;   // (16, dv)
+    std::int64_t* count = buf.count + g * kNibbleCodes;  // (16)
+    std::int64_t set_count[kNibble] = {};
+    for (Index t = 0; t < width; ++t) {  // set_t, clear_t: sums of the buckets with bit t set, clear
+      float* set = buf.set + t * dv;
+      float* clear = buf.clear + t * dv;
+      std::fill(set, set + dv, 0.0f);
+      std::fill(clear, clear + dv, 0.0f);
+      set_count[t] = 0;
+      for (Index p = 0; p < codes; ++p) {
+        add_to<V>(table + p * dv, ((p >> t) & 1) ? set : clear, dv);
+        if ((p >> t) & 1) set_count[t] += count[p];
+      }
+    }
+    // Level t: entries p < 2^(t + 1) hold the sums over bits 0..t.
+    std::copy(buf.clear, buf.clear + dv, table);
+    std::copy(buf.set, buf.set + dv, table + dv);
+    count[0] = n - set_count[0];
+    count[1] = set_count[0];
+    for (Index t = 1; t < width; ++t)
+      for (Index p = 0; p < (Index{1} << t); ++p) {
+        const Index hi = p | (Index{1} << t);
+        add_pair<V>(table + p * dv, buf.set + t * dv, table + hi * dv, dv);
+        add_to<V>(buf.clear + t * dv, table + p * dv, dv);
+        count[hi] = count[p] + set_count[t];
+        count[p] += n - set_count[t];
+      }
+  }
+
+  // Causal: keys enter one at a time as running sums per bit (set_t, clear_t), read by the
+  // queries that see them.
+  void run_causal(Index batch, Index kv_group, Index kv_head, const Buffers& buf) const {
+    const Index bits = plan_.bits, dv = plan_.dv;
     std::fill(buf.set, buf.set + bits * dv, 0.0f);
     std::fill(buf.clear, buf.clear + bits * dv, 0.0f);
     std::fill(buf.vsum, buf.vsum + dv, 0.0f);
     std::fill(buf.count, buf.count + bits, std::int64_t{0});
-
-    // Non-causal: every key before the first query. Causal: keys j <= i + kv_len - q_len (prefix sums).
+    // Bottom-right aligned: query i sees keys j <= i + kv_len - q_len.
     const Index offset = plan_.kv_len - plan_.q_len;
     Index seen = 0;
     for (Index i = 0; i < plan_.q_len; ++i) {
-      const Index visible = options_.causal ? std::clamp<Index>(i + offset + 1, 0, plan_.kv_len) : plan_.kv_len;
+      const Index visible = std::clamp<Index>(i + offset + 1, 0, plan_.kv_len);
       for (; seen < visible; ++seen) {
         if (seen + kAhead < plan_.kv_len) prefetch_rows(v_.at(batch, seen + kAhead, kv_head, 0), 0, 1, dv);
         add_key(buf.kcodes[seen], v_.at(batch, seen, kv_head, 0), buf);
@@ -223,135 +376,133 @@ class EcoKernel {
     }
   }
 
- private:
-  struct Buffers {
-    float *rows, *kappa, *y;
-    std::uint64_t *kcodes, *qcodes;
-    float *set, *clear, *terms, *vsum;
-    std::int64_t* count;
-  };
-
   // Adds one key to the sums by the signs of its code: V += v; per bit t, v goes to set_t (bit set,
   // c_t += 1) or to clear_t (bit clear). Additions only.
   void add_key(std::uint64_t code, const float* v_row, const Buffers& buf) const {
-    const Index dv = plan_.dv;
-    add_to<V>(v_row, buf.vsum, dv);
+    float* rows[EcoFormer::kMaxBits + 1];
     for (Index t = 0; t < plan_.bits; ++t) {
       const bool bit = (code >> t) & 1u;
-      add_to<V>(v_row, (bit ? buf.set : buf.clear) + t * dv, dv);
+      rows[t] = (bit ? buf.set : buf.clear) + t * plan_.dv;
       buf.count[t] += bit;
     }
+    rows[plan_.bits] = buf.vsum;
+    add_to_rows<V>(v_row, rows, plan_.bits + 1, plan_.dv);
   }
 
   // One output row from the sums over the `seen` keys: with agree_t the sum over keys whose bit t
   // matches the query's (set_t or clear_t), w_ij = 1 + 2 * (agreeing bits), so
   //   num = V + 2 Σ_t agree_t,  den = N + 2 Σ_t #agreeing keys_t   (integers).
-  // Every term is a plain sum of values (no large terms that cancel); the b terms are added as a tree.
+  // Every term is a plain sum of values (no large terms that cancel).
   void read_query(std::uint64_t code, Index seen, float* out_row, const Buffers& buf) const {
-    const Index bits = plan_.bits, dv = plan_.dv;
+    const Index dv = plan_.dv;
+    const float* rows[EcoFormer::kMaxBits];
     std::int64_t agree = 0;
-    Index t = 0;
-    for (; t + 1 < bits; t += 2) {  // first tree level straight from the sums
-      const bool b0 = (code >> t) & 1u, b1 = (code >> (t + 1)) & 1u;
-      add_pair<V>((b0 ? buf.set : buf.clear) + t * dv, (b1 ? buf.set : buf.clear) + (t + 1) * dv,
-                  buf.terms + (t / 2) * dv, dv);
-      agree += (b0 ? buf.count[t] : seen - buf.count[t]) + (b1 ? buf.count[t + 1] : seen - buf.count[t + 1]);
+    for (Index t = 0; t < plan_.bits; ++t) {
+      const bool bit = (code >> t) & 1u;
+      rows[t] = (bit ? buf.set : buf.clear) + t * dv;
+      agree += bit ? buf.count[t] : seen - buf.count[t];
     }
-    if (t < bits) {
-      const bool b0 = (code >> t) & 1u;
-      const float* last = (b0 ? buf.set : buf.clear) + t * dv;
-      std::copy(last, last + dv, buf.terms + (t / 2) * dv);
-      agree += b0 ? buf.count[t] : seen - buf.count[t];
-    }
-    tree_sum<V>(buf.terms, (bits + 1) / 2, dv);
-    combine_divide<V>(2.0f, buf.terms, 1.0f, buf.vsum, static_cast<float>(seen + 2 * agree), out_row, dv);
+    sum_rows_divide<V>(rows, plan_.bits, buf.vsum, static_cast<float>(seen + 2 * agree), out_row, dv);
   }
 
-  // Codes of rows [0, rows) of x[batch, :, head] with A head a_head, written to codes.
+  // Codes of rows [0, rows) of x[batch, :, head] with A head a_head, written to codes. With sigma
+  // set every chunk is hashed at once; otherwise the anchor dots of every row are kept until the
+  // mean squared anchor distance is known, so the rows are read once either way.
   void hash_rows(const View<const float, 4>& x, Index batch, Index head, Index a_head, Index rows, std::uint64_t* codes,
                  const Buffers& buf) const {
     if (rows == 0) return;
-    const Index m = plan_.m, d = plan_.d, bits = plan_.bits, cr = plan_.chunk_rows;
-    const float inv_two_sigma = inverse_two_sigma(x, batch, head, rows);
-    const float* a_t = a_t_ + a_head * m * bits;  // (m, bits)
+    const Index mp = plan_.m_pad;
+    const float* a_t = a_t_ + a_head * mp * plan_.bits_pad;  // (m_pad, bits_pad)
+    if (options_.sigma) {
+      const float inv_two_sigma = 0.5f / *options_.sigma;
+      for (Index r0 = 0; r0 < rows; r0 += kHashChunk) {
+        const Index n = std::min(kHashChunk, rows - r0);
+        anchor_dots(x, batch, head, r0, n, buf.dots, buf.norms, buf);
+        codes_of(buf.dots, buf.norms, n, inv_two_sigma, a_t, codes + r0, buf);
+      }
+      return;
+    }
+    // sigma = mean_{r, j} |x_r - a_j|² = mean_r (|x_r|² - 2 mean_j x_r · a_j) + mean_j |a_j|².
+    double total = 0;
     for (Index r0 = 0; r0 < rows; r0 += kHashChunk) {
       const Index n = std::min(kHashChunk, rows - r0);
-      const Index next = std::min(kHashChunk, rows - r0 - n);  // the chunk after this one
-      if (next > 0) prefetch_rows(x.at(batch, r0 + n, head, 0), x.stride(1), next, d);
-      // A full chunk is read in place; the last, partial one is copied and padded with zero rows.
-      const float* rows_in = x.at(batch, r0, head, 0);
-      Index ld = x.stride(1);
-      if (n < cr) {
-        for (Index r = 0; r < n; ++r) {
-          const float* src = x.at(batch, r0 + r, head, 0);
-          std::copy(src, src + d, buf.rows + r * d);
-        }
-        std::fill(buf.rows + n * d, buf.rows + cr * d, 0.0f);
-        rows_in = buf.rows;
-        ld = d;
-      }
-      std::fill(buf.kappa, buf.kappa + cr * m, 0.0f);
-      gemm_accumulate<V>(cr, m, d, rows_in, ld, anchors_t_, m, buf.kappa, m);  // (rows, m) = X aᵀ
-      for (Index r = 0; r < n; ++r) {
-        const float norm = dot<V>(rows_in + r * ld, rows_in + r * ld, d);
-        kernel_row(buf.kappa + r * m, norm, inv_two_sigma);
-      }
-      std::fill(buf.kappa + n * m, buf.kappa + cr * m, 0.0f);
-      std::fill(buf.y, buf.y + cr * bits, 0.0f);
-      gemm_accumulate<V>(cr, bits, m, buf.kappa, m, a_t, bits, buf.y, bits);  // (rows, bits) = kappa Aᵀ
-      for (Index r = 0; r < n; ++r) {
-        std::uint64_t code = 0;
-        for (Index t = 0; t < bits; ++t) code |= static_cast<std::uint64_t>(buf.y[r * bits + t] > 0.0f) << t;
-        codes[r0 + r] = code;
-      }
+      float* dots = buf.dots + r0 * mp;
+      anchor_dots(x, batch, head, r0, n, dots, buf.norms + r0, buf);
+      for (Index r = 0; r < n; ++r)
+        total += double(buf.norms[r0 + r]) - 2.0 * double(sum<V>(dots + r * mp, mp)) / static_cast<double>(plan_.m);
     }
+    const double sigma = total / static_cast<double>(rows) + mean_norm_;
+    const float inv_two_sigma = sigma > 0 ? static_cast<float>(0.5 / sigma) : 0.0f;  // 0: kappa = 1
+    for (Index r0 = 0; r0 < rows; r0 += kHashChunk)
+      codes_of(buf.dots + r0 * mp, buf.norms + r0, std::min(kHashChunk, rows - r0), inv_two_sigma, a_t, codes + r0,
+               buf);
   }
 
-  // row (m): dots x · a_j in, kappa_j = exp(-max(|x|² - 2 x·a_j + |a_j|², 0) / (2 sigma)) - mvec_j out.
-  void kernel_row(float* row, float norm, float inv_two_sigma) const {
+  // dots (chunk, m_pad) = x_r · a_j and norms[r] = |x_r|² for rows r0 .. r0 + n - 1 (n <= chunk);
+  // rows past n are dots of zero rows.
+  void anchor_dots(const View<const float, 4>& x, Index batch, Index head, Index r0, Index n, float* dots, float* norms,
+                   const Buffers& buf) const {
+    const Index d = plan_.d, mp = plan_.m_pad;
+    const Index rows = x.extent(1);
+    const Index next = std::min(kHashChunk, rows - r0 - n);  // the chunk after this one
+    if (next > 0) prefetch_rows(x.at(batch, r0 + n, head, 0), x.stride(1), next, d);
+    // A full chunk is read in place; the last, partial one is copied and padded with zero rows.
+    const float* rows_in = x.at(batch, r0, head, 0);
+    Index ld = x.stride(1);
+    if (n < kHashChunk) {
+      for (Index r = 0; r < n; ++r) {
+        const float* src = x.at(batch, r0 + r, head, 0);
+        std::copy(src, src + d, buf.rows + r * d);
+      }
+      std::fill(buf.rows + n * d, buf.rows + kHashChunk * d, 0.0f);
+      rows_in = buf.rows;
+      ld = d;
+    }
+    std::fill(dots, dots + kHashChunk * mp, 0.0f);
+    gemm_accumulate<V>(kHashChunk, mp, d, rows_in, ld, anchors_t_, mp, dots, mp);  // (chunk, m_pad) = X aᵀ
+    for (Index r = 0; r < n; ++r) norms[r] = dot<V>(rows_in + r * ld, rows_in + r * ld, d);
+  }
+
+  // codes[r] for r < n from the chunk's anchor dots (chunk, m_pad), turned into kappa in place:
+  //   kappa_j = exp(-max(|x|² - 2 x·a_j + |a_j|², 0) / (2 sigma)) - mvec_j,  y = kappa Aᵀ,
+  //   bit t of the code = y_t > 0.
+  void codes_of(float* dots, const float* norms, Index n, float inv_two_sigma, const float* a_t, std::uint64_t* codes,
+                const Buffers& buf) const {
     using Ops = VecOps<V>;
     constexpr int W = Ops::width;
-    const Index m = plan_.m;
-    Index j = 0;
-    if constexpr (W > 1) {
-      if (hash_.mvec.stride(0) == 1)
-        for (; j + W <= m; j += W) {
-          const V dist =
-              Ops::max(Ops::broadcast(norm) + Ops::load(anchor_norms_ + j) - V(2.0f) * Ops::load(row + j), Ops::zero());
-          Ops::store(row + j, exp_approx(-dist * Ops::broadcast(inv_two_sigma)) - Ops::load(hash_.mvec.data() + j));
-        }
+    const Index mp = plan_.m_pad, bp = plan_.bits_pad, bits = plan_.bits;
+    const V scale = Ops::broadcast(-inv_two_sigma), two = Ops::broadcast(2.0f);
+    for (Index r = 0; r < n; ++r) {
+      float* row = dots + r * mp;
+      const V norm = Ops::broadcast(norms[r]);
+      for (Index j = 0; j < mp; j += W) {
+        const V dist = Ops::max(norm + Ops::load(anchor_norms_ + j) - two * Ops::load(row + j), Ops::zero());
+        Ops::store(row + j, exp_approx(dist * scale) - Ops::load(mvec_ + j));
+      }
     }
-    for (; j < m; ++j) {
-      const float dist = std::max(norm + anchor_norms_[j] - 2.0f * row[j], 0.0f);
-      row[j] = std::exp(-dist * inv_two_sigma) - hash_.mvec(j);
+    std::fill(dots + n * mp, dots + kHashChunk * mp, 0.0f);
+    std::fill(buf.y, buf.y + kHashChunk * bp, 0.0f);
+    gemm_accumulate<V>(kHashChunk, bp, mp, dots, mp, a_t, bp, buf.y, bp);  // (chunk, bits_pad) = kappa Aᵀ
+    const std::uint64_t used =
+        bits == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1;  // zero columns past bits
+    for (Index r = 0; r < n; ++r) {
+      const float* y = buf.y + r * bp;
+      std::uint64_t code = 0;
+      for (Index t = 0; t < bp; t += W) code |= std::uint64_t{Ops::positive_lanes(Ops::load(y + t))} << t;
+      codes[r] = code & used;
     }
-  }
-
-  // 1 / (2 sigma): from the options, or from the mean squared anchor distance of the rows
-  // (|x|² - 2 x · ā + mean_j |a_j|² per row, summed in double); a zero mean gives 0 (kappa = 1).
-  float inverse_two_sigma(const View<const float, 4>& x, Index batch, Index head, Index rows) const {
-    if (options_.sigma) return 0.5f / *options_.sigma;
-    double total = 0;  // rows' mean distances, each |x|² - 2 x · ā + mean_j |a_j|² in float
-    for (Index r = 0; r < rows; ++r) {
-      const float* row = x.at(batch, r, head, 0);
-      if (r + kAhead < rows) prefetch_rows(x.at(batch, r + kAhead, head, 0), 0, 1, plan_.d);
-      total += double(dot<V>(row, row, plan_.d)) - 2.0 * double(dot<V>(row, anchor_mean_, plan_.d)) + mean_norm_;
-    }
-    const double sigma = total / static_cast<double>(rows);
-    return sigma > 0 ? static_cast<float>(0.5 / sigma) : 0.0f;
   }
 
   View<const float, 4> q_, k_, v_;
   View<float, 4> out_;
   AttentionShape shape_;
-  EcoFormerHash hash_;
   EcoPlan plan_;
   const EcoFormer::Options& options_;
-  float* anchors_t_ = nullptr;
-  float* anchor_norms_ = nullptr;
-  float* anchor_mean_ = nullptr;  // (d): mean anchor
-  double mean_norm_ = 0;          // mean_j |a_j|²
-  float* a_t_ = nullptr;
+  float* anchors_t_ = nullptr;     // (d, m_pad)
+  float* anchor_norms_ = nullptr;  // (m_pad): |a_j|², zero past m
+  float* mvec_ = nullptr;          // (m_pad): zero past m
+  double mean_norm_ = 0;           // mean_j |a_j|²
+  float* a_t_ = nullptr;           // (kv_heads, m_pad, bits_pad), zero past m and bits
   std::byte* scratch_ = nullptr;
 };
 
@@ -378,19 +529,35 @@ class Attention<EcoFormer, Backend> {
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv), hash {anchors (m, D), mvec (m),
   // a (Hkv, bits, m)}. FLOPs: hashing 2 m (D + bits) per hashed row (q rows once per out head, k
-  // rows once per kv head; exp not counted), plus at most (bits + 1) Dv additions per key and
-  // (bits + 2) Dv per query (every bit set; about half that in practice), plus Dv per query for
-  // the division.
+  // rows once per kv head; exp not counted), plus the additions of the sums, Dv wide:
+  //   non-causal  n = ceil(bits / 4) per key, n + 2 per query (n - 1 additions, the scaling and
+  //               the division), and per (batch, kv head) the tables: for each nibble of w bits
+  //               w 2^w + 2^(w+1) - 4, plus 2^w0 for V;
+  //   causal      bits + 1 per key, bits + 2 per query.
   Cost cost(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
             const EcoFormerHash& hash, const Args& = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     check_hash(shape, hash);
-    const double m = static_cast<double>(hash.anchors.extent(0)), bits = static_cast<double>(hash.a.extent(1));
+    const Index bits = hash.a.extent(1);
+    const double m = static_cast<double>(hash.anchors.extent(0));
     const double dv = static_cast<double>(shape.v_dim), d = static_cast<double>(shape.head_dim);
     const double q_rows = static_cast<double>(shape.batch * shape.q_len * shape.heads.out_heads());
     const double k_rows = static_cast<double>(shape.batch * shape.kv_len * shape.heads.kv_heads);
     Cost cost;
-    cost.flops = 2.0 * m * (d + bits) * (q_rows + k_rows) + (bits + 1) * dv * k_rows + (bits + 3) * dv * q_rows;
+    cost.flops = 2.0 * m * (d + static_cast<double>(bits)) * (q_rows + k_rows);
+    if (options_.causal) {
+      cost.flops += (static_cast<double>(bits) + 1) * dv * k_rows + (static_cast<double>(bits) + 2) * dv * q_rows;
+    } else {
+      const Index nibbles = (bits + detail::kNibble - 1) / detail::kNibble;
+      double tables = static_cast<double>(Index{1} << std::min(detail::kNibble, bits));  // V
+      for (Index g = 0; g < nibbles; ++g) {
+        const Index w = std::min(detail::kNibble, bits - g * detail::kNibble);
+        tables += static_cast<double>(w * (Index{1} << w) + (Index{1} << (w + 1)) - 4);
+      }
+      const double items = static_cast<double>(shape.batch * shape.heads.kv_heads);
+      cost.flops += static_cast<double>(nibbles) * dv * k_rows + static_cast<double>(nibbles + 2) * dv * q_rows +
+                    (shape.kv_len > 0 ? tables * dv * items : 0.0);
+    }
     cost.bytes = sizeof(float) * static_cast<double>(q.size() + k.size() + v.size()) + sizeof(float) * q_rows * dv;
     return cost;
   }
@@ -399,14 +566,14 @@ class Attention<EcoFormer, Backend> {
                               const View<const float, 4>& v, const EcoFormerHash& hash, const Args& = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     check_hash(shape, hash);
-    return workspace_of(detail::make_eco_plan<V>(shape, hash));
+    return workspace_of(detail::make_eco_plan<V>(shape, hash, options_));
   }
 
   void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
                   const EcoFormerHash& hash, const View<float, 4>& out, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     check_hash(shape, hash);
-    const detail::EcoPlan plan = detail::make_eco_plan<V>(shape, hash);
+    const detail::EcoPlan plan = detail::make_eco_plan<V>(shape, hash, options_);
     if (plan.items == 0 || plan.q_len == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
     const detail::EcoKernel<V> kernel(q, k, v, out, shape, hash, plan, options_,
