@@ -90,6 +90,8 @@ struct EcoPlan {
   Index m_pad = 0, bits_pad = 0;  // padded to the vector width (zero anchors, zero A columns)
   Index group = 1, kv_groups = 0, items = 0, q_len = 0, kv_len = 0;
   Index nibbles = 0;   // ceil(bits / kNibble): bucket groups of the non-causal sums
+  Index sum_row = 0;   // floats between rows of the sums: dv padded to the vector width, plus one
+                       // vector, so rows 4 KiB apart (which the CPU confuses) are rare
   Index dot_rows = 0;  // rows of the anchor dots buffer: a chunk (sigma set) or every row of q or k
   bool causal = false;
   std::size_t shared_bytes = 0;   // anchorsᵀ, anchor norms, mvec, Aᵀ: written once, read by all threads
@@ -114,6 +116,7 @@ EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash, co
   p.kv_len = shape.kv_len;
   p.nibbles = (p.bits + kNibble - 1) / kNibble;
   p.causal = options.causal;
+  p.sum_row = (p.dv + W - 1) / W * W + W;
   const Index longest = std::max(p.q_len, p.kv_len);
   p.dot_rows = options.sigma ? kHashChunk : (longest + kHashChunk - 1) / kHashChunk * kHashChunk;
   p.shared_bytes = array_bytes<float>(p.d * p.m_pad) + 2 * array_bytes<float>(p.m_pad) +
@@ -126,12 +129,12 @@ EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash, co
                     array_bytes<std::uint64_t>(p.group * p.q_len) +  // query codes per out head
                     array_bytes<float>(p.dv);                        // V
   if (p.causal)
-    p.scratch_bytes += 2 * array_bytes<float>(p.bits * p.dv) +  // set, clear
-                       array_bytes<std::int64_t>(p.bits);       // c
+    p.scratch_bytes += array_bytes<float>(2 * p.bits * p.sum_row) +  // set, clear
+                       array_bytes<std::int64_t>(p.bits);            // c
   else
-    p.scratch_bytes += array_bytes<float>(p.nibbles * kNibbleCodes * p.dv) +  // buckets, then tables
-                       2 * array_bytes<float>(kNibble * p.dv) +               // set / clear of one nibble
-                       array_bytes<std::int64_t>(p.nibbles * kNibbleCodes);   // their key counts
+    p.scratch_bytes += array_bytes<float>(p.nibbles * kNibbleCodes * p.sum_row) +  // buckets, then tables
+                       array_bytes<float>(2 * kNibble * p.sum_row) +               // set / clear of one nibble
+                       array_bytes<std::int64_t>(p.nibbles * kNibbleCodes);        // their key counts
   return p;
 }
 
@@ -233,14 +236,12 @@ class EcoKernel {
     buf.qcodes = arena.take<std::uint64_t>(plan_.group * plan_.q_len);  // (group, q_len)
     buf.vsum = arena.take<float>(dv);                                   // (dv)
     if (plan_.causal) {
-      buf.set = arena.take<float>(bits * dv);      // (bits, dv)
-      buf.clear = arena.take<float>(bits * dv);    // (bits, dv)
-      buf.count = arena.take<std::int64_t>(bits);  // (bits)
+      buf.sums = arena.take<float>(2 * bits * plan_.sum_row);  // (bits, set / clear, sum_row)
+      buf.count = arena.take<std::int64_t>(bits);              // (bits)
     } else {
-      buf.tables = arena.take<float>(plan_.nibbles * kNibbleCodes * dv);   // (nibbles, 16, dv)
-      buf.set = arena.take<float>(kNibble * dv);                           // (4, dv)
-      buf.clear = arena.take<float>(kNibble * dv);                         // (4, dv)
-      buf.count = arena.take<std::int64_t>(plan_.nibbles * kNibbleCodes);  // (nibbles, 16)
+      buf.sums = arena.take<float>(plan_.nibbles * kNibbleCodes * plan_.sum_row);  // (nibbles, 16, sum_row)
+      buf.marginals = arena.take<float>(2 * kNibble * plan_.sum_row);              // (4, set / clear, sum_row)
+      buf.count = arena.take<std::int64_t>(plan_.nibbles * kNibbleCodes);          // (nibbles, 16)
     }
 
     hash_rows(k_, batch, kv_head, kv_head, plan_.kv_len, buf.kcodes, buf);
@@ -258,9 +259,15 @@ class EcoKernel {
   struct Buffers {
     float *rows, *dots, *norms, *y;
     std::uint64_t *kcodes, *qcodes;
-    float *vsum, *set, *clear, *tables = nullptr;
+    float *vsum, *sums, *marginals = nullptr;
     std::int64_t* count;
   };
+
+  // Row of the sums: set_t (set) or clear_t of bit t (causal), or table entry (g, p) (non-causal).
+  float* bit_sum(const Buffers& buf, Index t, bool set) const { return buf.sums + (2 * t + !set) * plan_.sum_row; }
+  float* table_row(const Buffers& buf, Index g, Index p) const {
+    return buf.sums + (g * kNibbleCodes + p) * plan_.sum_row;
+  }
 
   void zero_out_rows(Index batch, Index kv_group) const {
     for (Index i = 0; i < plan_.q_len; ++i)
@@ -278,7 +285,7 @@ class EcoKernel {
   void run_non_causal(Index batch, Index kv_group, Index kv_head, const Buffers& buf) const {
     const Index dv = plan_.dv, n = plan_.kv_len, nibbles = plan_.nibbles;
     if (n == 0) return zero_out_rows(batch, kv_group);
-    std::fill(buf.tables, buf.tables + nibbles * kNibbleCodes * dv, 0.0f);
+    std::fill(buf.sums, buf.sums + nibbles * kNibbleCodes * plan_.sum_row, 0.0f);
     std::fill(buf.count, buf.count + nibbles * kNibbleCodes, std::int64_t{0});
     for (Index j = 0; j < n; ++j) {
       if (j + kAhead < n) prefetch_rows(v_.at(batch, j + kAhead, kv_head, 0), 0, 1, dv);
@@ -286,13 +293,13 @@ class EcoKernel {
       float* buckets[EcoFormer::kMaxBits / kNibble];
       for (Index g = 0; g < nibbles; ++g) {
         const Index bucket = g * kNibbleCodes + static_cast<Index>((code >> (g * kNibble)) & (kNibbleCodes - 1));
-        buckets[g] = buf.tables + bucket * dv;
+        buckets[g] = buf.sums + bucket * plan_.sum_row;
         ++buf.count[bucket];
       }
       add_to_rows<V>(v_.at(batch, j, kv_head, 0), buckets, nibbles, dv);
     }
     std::fill(buf.vsum, buf.vsum + dv, 0.0f);  // V: the sum of nibble 0's buckets
-    for (Index p = 0; p < nibble_codes(0); ++p) add_to<V>(buf.tables + p * dv, buf.vsum, dv);
+    for (Index p = 0; p < nibble_codes(0); ++p) add_to<V>(table_row(buf, 0, p), buf.vsum, dv);
     for (Index g = 0; g < nibbles; ++g) nibble_table(g, n, buf);
 
     const float* rows[EcoFormer::kMaxBits / kNibble];
@@ -304,7 +311,7 @@ class EcoKernel {
         std::int64_t agree = 0;
         for (Index g = 0; g < nibbles; ++g) {
           const Index entry = g * kNibbleCodes + static_cast<Index>((code >> (g * kNibble)) & (kNibbleCodes - 1));
-          rows[g] = buf.tables + entry * dv;
+          rows[g] = buf.sums + entry * plan_.sum_row;
           agree += buf.count[entry];
         }
         sum_rows_divide<V>(rows, nibbles, buf.vsum, static_cast<float>(n + 2 * agree), out_.at(batch, i, out_head, 0),
@@ -318,30 +325,28 @@ class EcoKernel {
   // Nibble g's buckets (values and counts, over n keys) become its tables, in place.
   void nibble_table(Index g, Index n, const Buffers& buf) const {
     const Index dv = plan_.dv, width = nibble_bits(g), codes = nibble_codes(g);
-    float* table = buf.tables + g * kNibbleCodes * dv;   // (16, dv)
     std::int64_t* count = buf.count + g * kNibbleCodes;  // (16)
+    auto marginal = [&](Index t, bool set) { return buf.marginals + (2 * t + !set) * plan_.sum_row; };
     std::int64_t set_count[kNibble] = {};
     for (Index t = 0; t < width; ++t) {  // set_t, clear_t: sums of the buckets with bit t set, clear
-      float* set = buf.set + t * dv;
-      float* clear = buf.clear + t * dv;
-      std::fill(set, set + dv, 0.0f);
-      std::fill(clear, clear + dv, 0.0f);
-      set_count[t] = 0;
+      std::fill(marginal(t, true), marginal(t, true) + dv, 0.0f);
+      std::fill(marginal(t, false), marginal(t, false) + dv, 0.0f);
       for (Index p = 0; p < codes; ++p) {
-        add_to<V>(table + p * dv, ((p >> t) & 1) ? set : clear, dv);
-        if ((p >> t) & 1) set_count[t] += count[p];
+        const bool set = (p >> t) & 1;
+        add_to<V>(table_row(buf, g, p), marginal(t, set), dv);
+        if (set) set_count[t] += count[p];
       }
     }
     // Level t: entries p < 2^(t + 1) hold the sums over bits 0..t.
-    std::copy(buf.clear, buf.clear + dv, table);
-    std::copy(buf.set, buf.set + dv, table + dv);
+    std::copy(marginal(0, false), marginal(0, false) + dv, table_row(buf, g, 0));
+    std::copy(marginal(0, true), marginal(0, true) + dv, table_row(buf, g, 1));
     count[0] = n - set_count[0];
     count[1] = set_count[0];
     for (Index t = 1; t < width; ++t)
       for (Index p = 0; p < (Index{1} << t); ++p) {
         const Index hi = p | (Index{1} << t);
-        add_pair<V>(table + p * dv, buf.set + t * dv, table + hi * dv, dv);
-        add_to<V>(buf.clear + t * dv, table + p * dv, dv);
+        add_pair<V>(table_row(buf, g, p), marginal(t, true), table_row(buf, g, hi), dv);
+        add_to<V>(marginal(t, false), table_row(buf, g, p), dv);
         count[hi] = count[p] + set_count[t];
         count[p] += n - set_count[t];
       }
@@ -351,8 +356,7 @@ class EcoKernel {
   // queries that see them.
   void run_causal(Index batch, Index kv_group, Index kv_head, const Buffers& buf) const {
     const Index bits = plan_.bits, dv = plan_.dv;
-    std::fill(buf.set, buf.set + bits * dv, 0.0f);
-    std::fill(buf.clear, buf.clear + bits * dv, 0.0f);
+    std::fill(buf.sums, buf.sums + 2 * bits * plan_.sum_row, 0.0f);
     std::fill(buf.vsum, buf.vsum + dv, 0.0f);
     std::fill(buf.count, buf.count + bits, std::int64_t{0});
     // Bottom-right aligned: query i sees keys j <= i + kv_len - q_len.
@@ -382,7 +386,7 @@ class EcoKernel {
     float* rows[EcoFormer::kMaxBits + 1];
     for (Index t = 0; t < plan_.bits; ++t) {
       const bool bit = (code >> t) & 1u;
-      rows[t] = (bit ? buf.set : buf.clear) + t * plan_.dv;
+      rows[t] = bit_sum(buf, t, bit);
       buf.count[t] += bit;
     }
     rows[plan_.bits] = buf.vsum;
@@ -399,7 +403,7 @@ class EcoKernel {
     std::int64_t agree = 0;
     for (Index t = 0; t < plan_.bits; ++t) {
       const bool bit = (code >> t) & 1u;
-      rows[t] = (bit ? buf.set : buf.clear) + t * dv;
+      rows[t] = bit_sum(buf, t, bit);
       agree += bit ? buf.count[t] : seen - buf.count[t];
     }
     sum_rows_divide<V>(rows, plan_.bits, buf.vsum, static_cast<float>(seen + 2 * agree), out_row, dv);
