@@ -148,43 +148,44 @@ inline void add_pair(const float* x, const float* y, float* z, Index n) {
   for (; i < n; ++i) z[i] = x[i] + y[i];
 }
 
-// rows[r][i] += x[i] for every r < count, over n floats (x read once).
+// rows[r][i] += x[i] for every r < count, over n floats.
 template <class V>
 inline void add_to_rows(const float* x, float* const* rows, Index count, Index n) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  Index i = 0;
-  for (; i + W <= n; i += W) {
-    const V xi = Ops::load(x + i);
-    for (Index r = 0; r < count; ++r) Ops::store(rows[r] + i, Ops::load(rows[r] + i) + xi);
-  }
-  for (; i < n; ++i)
-    for (Index r = 0; r < count; ++r) rows[r][i] += x[i];
+  for (Index r = 0; r < count; ++r) add_to<V>(x, rows[r], n);
 }
 
 // out = (base + 2 Σ_r rows[r]) / den over n floats, count >= 1 rows summed in four interleaved
-// partial sums joined pairwise (at most count / 3 + 2 roundings per element).
+// partial sums joined pairwise (at most count / 4 + 2 roundings per element). Columns go in
+// blocks of NV vectors of T, so each row pointer is read once per block.
+template <class T, int NV>
+inline void sum_rows_divide_block(const float* const* rows, Index count, const float* base, float inv, float* out,
+                                  Index c) {
+  using Ops = VecOps<T>;
+  constexpr int W = Ops::width;
+  T acc[4][NV];
+  for (int k = 0; k < NV; ++k) acc[0][k] = acc[1][k] = acc[2][k] = acc[3][k] = Ops::zero();
+  Index r = 0;
+  for (; r + 4 <= count; r += 4)
+    for (int part = 0; part < 4; ++part)
+      for (int k = 0; k < NV; ++k) acc[part][k] = acc[part][k] + Ops::load(rows[r + part] + c + k * W);
+  for (int part = 0; part < 3; ++part)  // the last count % 4 rows
+    if (r + part < count)
+      for (int k = 0; k < NV; ++k) acc[part][k] = acc[part][k] + Ops::load(rows[r + part] + c + k * W);
+  for (int k = 0; k < NV; ++k) {
+    const T total = (acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k]);
+    Ops::store(out + c + k * W,
+               Ops::fma(Ops::broadcast(2.0f), total, Ops::load(base + c + k * W)) * Ops::broadcast(inv));
+  }
+}
+
 template <class V>
 inline void sum_rows_divide(const float* const* rows, Index count, const float* base, float den, float* out, Index n) {
-  const float inv = 1.0f / den;
-  auto column = [&]<class T>(Index c) {
-    using Ops = VecOps<T>;
-    T a0 = Ops::load(rows[0] + c), a1 = Ops::zero(), a2 = Ops::zero(), a3 = Ops::zero();
-    Index r = 1;
-    for (; r + 3 <= count; r += 3) {
-      a1 = a1 + Ops::load(rows[r] + c);
-      a2 = a2 + Ops::load(rows[r + 1] + c);
-      a3 = a3 + Ops::load(rows[r + 2] + c);
-    }
-    if (r < count) a1 = a1 + Ops::load(rows[r] + c);
-    if (r + 1 < count) a2 = a2 + Ops::load(rows[r + 1] + c);
-    const T total = (a0 + a1) + (a2 + a3);
-    Ops::store(out + c, Ops::fma(Ops::broadcast(2.0f), total, Ops::load(base + c)) * Ops::broadcast(inv));
-  };
   constexpr int W = VecOps<V>::width;
+  const float inv = 1.0f / den;
   Index c = 0;
-  for (; c + W <= n; c += W) column.template operator()<V>(c);
-  for (; c < n; ++c) column.template operator()<float>(c);
+  for (; c + 2 * W <= n; c += 2 * W) sum_rows_divide_block<V, 2>(rows, count, base, inv, out, c);
+  for (; c + W <= n; c += W) sum_rows_divide_block<V, 1>(rows, count, base, inv, out, c);
+  for (; c < n; ++c) sum_rows_divide_block<float, 1>(rows, count, base, inv, out, c);
 }
 
 template <class V>
