@@ -35,7 +35,8 @@
 //   adds its b terms, token by token.
 // Hashing is two small GEMMs per block of rows (rows x anchorsᵀ, then kappa x Aᵀ), exps and a sign
 // mask; without a fixed sigma the anchor dots of every row are kept until the mean distance is
-// known, so q and k are read once either way.
+// known, so q and k are read once either way (the workspace then holds max(q_len, kv_len) x m
+// floats per thread; with sigma set, one block of rows).
 // Work items are (batch entry, kv head) and run start to end on one thread, so results do not
 // depend on the thread count. Not supported here: padded lengths, packed sequences, decode state.
 // The reference is reference/ecoformer.hpp; the shared GEMM tiles come from feature_attention.hpp.
