@@ -15,7 +15,6 @@
 #include <array>
 #include <attnkit/attnkit.hpp>
 #include <attnkit/tools/ecoformer_calibration.hpp>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -88,18 +87,6 @@ std::map<std::string, double>& seconds_of(const std::string& impl) {
   return seconds[impl];
 }
 
-template <class Call>
-double timed_loop(bm::State& state, Call&& call) {
-  const auto start = std::chrono::steady_clock::now();
-  std::int64_t runs = 0;
-  for (auto _ : state) {
-    call();
-    ++runs;
-  }
-  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-  return runs > 0 ? elapsed.count() / static_cast<double>(runs) : 0.0;
-}
-
 void set_counters(bm::State& state, const ak::Cost& cost, const std::string& case_name, double seconds,
                   const std::string& self) {
   state.counters["FLOPs"] = cost.flops;
@@ -127,7 +114,7 @@ void register_case(const Case& c, bool with_dense) {
                             Inputs in(c.n);
                             ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, one_thread);
                             const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-                            const double s = timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
+                            const double s = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                             seconds_of("dense")[c.name()] =
                                 std::min(s, seconds_of("dense").contains(c.name()) ? seconds_of("dense")[c.name()] : s);
                             set_counters(state, attn.cost(q, k, v), c.name(), 0, "dense");
@@ -139,7 +126,7 @@ void register_case(const Case& c, bool with_dense) {
                           Inputs in(c.n);
                           ak::Attention<ak::Linear, Backend> attn(ak::Linear::Options{.causal = c.causal}, one_thread);
                           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-                          const double s = timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
+                          const double s = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                           set_counters(state, attn.cost(q, k, v), c.name(), s, "linear");
                           seconds_of("linear")[c.name()] =
                               std::min(s, seconds_of("linear").contains(c.name()) ? seconds_of("linear")[c.name()] : s);
@@ -147,19 +134,19 @@ void register_case(const Case& c, bool with_dense) {
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
   for (const Index bits : kBits)
-    bm::RegisterBenchmark(("ecoformer-b" + std::to_string(bits) + "/" + c.name()).c_str(),
-                          [c, bits, one_thread](bm::State& state) {
-                            Inputs in(c.n);
-                            const ak::tools::EcoFormerCalibration hash = hash_for(in, bits, false);
-                            ak::Attention<ak::EcoFormer, Backend> attn({.causal = c.causal}, one_thread);
-                            const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-                            const double s = timed_loop(state, [&] { attn(q, k, v, hash.hash(), in.out_view()); });
-                            set_counters(state, attn.cost(q, k, v, hash.hash()), c.name(), s, "ecoformer");
-                            const double rows = double(c.n * kHeads);
-                            state.counters["mul_avoided"] = 2.0 * rows * double(bits) * kDim;
-                            state.counters["mul_done"] =
-                                2.0 * rows * kAnchors * double(kDim + bits) + 2.0 * rows * kDim;
-                          })
+    bm::RegisterBenchmark(
+        ("ecoformer-b" + std::to_string(bits) + "/" + c.name()).c_str(),
+        [c, bits, one_thread](bm::State& state) {
+          Inputs in(c.n);
+          const ak::tools::EcoFormerCalibration hash = hash_for(in, bits, false);
+          ak::Attention<ak::EcoFormer, Backend> attn({.causal = c.causal}, one_thread);
+          const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+          const double s = ak::bench::timed_loop(state, [&] { attn(q, k, v, hash.hash(), in.out_view()); });
+          set_counters(state, attn.cost(q, k, v, hash.hash()), c.name(), s, "ecoformer");
+          const double rows = double(c.n * kHeads);
+          state.counters["mul_avoided"] = 2.0 * rows * double(bits) * kDim;
+          state.counters["mul_done"] = 2.0 * rows * kAnchors * double(kDim + bits) + 2.0 * rows * kDim;
+        })
         ->UseRealTime()
         ->Unit(bm::kMillisecond);
 }

@@ -7,7 +7,6 @@
 // norm of the difference to the dense kernel's output, relative to it).
 // Other arguments go to Google Benchmark (e.g. --benchmark_filter=linear).
 #include <attnkit/attnkit.hpp>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -56,19 +55,6 @@ std::map<std::string, double>& dense_seconds() {
   return seconds;
 }
 
-// Times the loop itself (real time) so a later benchmark can compare against it.
-template <class Call>
-double timed_loop(bm::State& state, Call&& call) {
-  const auto start = std::chrono::steady_clock::now();
-  std::int64_t runs = 0;
-  for (auto _ : state) {
-    call();
-    ++runs;
-  }
-  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-  return runs > 0 ? elapsed.count() / static_cast<double>(runs) : 0.0;
-}
-
 void set_counters(bm::State& state, const ak::Cost& cost, const std::string& case_name, double seconds) {
   state.counters["FLOPs"] = cost.flops;
   state.counters["GFLOPS"] = bm::Counter(cost.flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
@@ -93,7 +79,7 @@ void register_case(const Case& c) {
                           Inputs in(c.n, 1.0f);
                           ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, one_thread);
                           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-                          const double seconds = timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
+                          const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                           dense_seconds()[c.name()] = seconds;
                           set_counters(state, attn.cost(q, k, v), c.name(), 0);
                         })
@@ -104,26 +90,26 @@ void register_case(const Case& c) {
                           Inputs in(c.n, 1.0f);
                           ak::Attention<ak::Linear, Backend> attn(ak::Linear::Options{.causal = c.causal}, one_thread);
                           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-                          const double seconds = timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
+                          const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                           set_counters(state, attn.cost(q, k, v), c.name(), seconds);
                         })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
-  bm::RegisterBenchmark(("performer/" + c.name()).c_str(),
-                        [c, one_thread](bm::State& state) {
-                          Inputs in(c.n, 1.0f);
-                          const ak::RandomProjection w =
-                              ak::gaussian_orthogonal_features(ak::Performer::kDefaultFeatures, kDim, kProjectionSeed);
-                          ak::Attention<ak::Performer, Backend> attn(ak::Performer::Options{.causal = c.causal},
-                                                                     one_thread);
-                          const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-                          const double seconds = timed_loop(state, [&] { attn(q, k, v, w.view(), in.out_view()); });
-                          set_counters(state, attn.cost(q, k, v, w.view()), c.name(), seconds);
-                          std::vector<float> exact(in.out.size());
-                          ak::Attention<ak::Dense, Backend>(ak::Dense::Options{.causal = c.causal})(
-                              q, k, v, ak::bshd(exact.data(), 1, c.n, kHeads, kDim));
-                          state.counters["rel_error"] = relative_error(in.out, exact);
-                        })
+  bm::RegisterBenchmark(
+      ("performer/" + c.name()).c_str(),
+      [c, one_thread](bm::State& state) {
+        Inputs in(c.n, 1.0f);
+        const ak::RandomProjection w =
+            ak::gaussian_orthogonal_features(ak::Performer::kDefaultFeatures, kDim, kProjectionSeed);
+        ak::Attention<ak::Performer, Backend> attn(ak::Performer::Options{.causal = c.causal}, one_thread);
+        const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+        const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, w.view(), in.out_view()); });
+        set_counters(state, attn.cost(q, k, v, w.view()), c.name(), seconds);
+        std::vector<float> exact(in.out.size());
+        ak::Attention<ak::Dense, Backend>(ak::Dense::Options{.causal = c.causal})(
+            q, k, v, ak::bshd(exact.data(), 1, c.n, kHeads, kDim));
+        state.counters["rel_error"] = relative_error(in.out, exact);
+      })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
 }

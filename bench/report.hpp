@@ -6,6 +6,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,6 +31,20 @@ inline bool take_flag(int& argc, char** argv, const char* flag) {
   }
   argc = kept;
   return found;
+}
+
+// Runs call() in the benchmark loop and returns its real time per call, so a later benchmark of
+// the same case can compare against it.
+template <class Call>
+double timed_loop(benchmark::State& state, Call&& call) {
+  const auto start = std::chrono::steady_clock::now();
+  std::int64_t runs = 0;
+  for (auto _ : state) {
+    call();
+    ++runs;
+  }
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  return runs > 0 ? elapsed.count() / static_cast<double>(runs) : 0.0;
 }
 
 class CollectingReporter : public benchmark::ConsoleReporter {
