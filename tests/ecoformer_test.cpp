@@ -24,6 +24,7 @@ struct EcoCase {
   std::optional<float> sigma{};
   Layout layout = Layout::kBshd;
   std::uint32_t seed = 1;
+  std::vector<std::int32_t> q_lengths{}, kv_lengths{};  // padded batches: real lengths per entry
 };
 
 Index out_heads(const EcoCase& c) { return std::max(c.q_heads, c.kv_heads); }
@@ -57,11 +58,12 @@ std::vector<float> check_eco(const EcoCase& c, Backend backend = {}) {
   INFO("batch " << c.batch << " q_len " << c.q_len << " kv_len " << c.kv_len << " heads " << c.q_heads << "/"
                 << c.kv_heads << " dims " << c.head_dim << "/" << v_dim(c) << " bits " << c.bits << " anchors "
                 << c.anchors << " causal " << c.causal << " sigma " << c.sigma.value_or(0) << " layout "
-                << int(c.layout));
+                << int(c.layout) << " lengths " << c.q_lengths.size() << "/" << c.kv_lengths.size());
   EcoRun in(c);
   Tensor4 out(c.batch, c.q_len, out_heads(c), v_dim(c), c.layout);
+  const ak::SeqLengths lengths{c.q_lengths, c.kv_lengths};
   ak::Attention<ak::EcoFormer, Backend> attn({.causal = c.causal, .sigma = c.sigma}, backend);
-  attn(in.q.view, in.k.view, in.v.view, in.hash, out.view);
+  attn(in.q.view, in.k.view, in.v.view, in.hash, out.view, {.lengths = lengths});
 
   const std::array<Index, 4> out_shape{c.batch, c.q_len, out_heads(c), v_dim(c)};
   const std::size_t n = static_cast<std::size_t>(c.batch * c.q_len * out_heads(c) * v_dim(c)) + 1;
@@ -69,7 +71,8 @@ std::vector<float> check_eco(const EcoCase& c, Backend backend = {}) {
   std::vector<float> naive(n);
   const auto exact_view = ak::View<double, 4>::contiguous(exact.data(), out_shape);
   const auto naive_view = ak::View<float, 4>::contiguous(naive.data(), out_shape);
-  const ak::reference::EcoFormerOptions options{.causal = c.causal, .sigma = c.sigma.value_or(0.0f)};
+  const ak::reference::EcoFormerOptions options{
+      .causal = c.causal, .sigma = c.sigma.value_or(0.0f), .lengths = lengths};
   std::vector<double> y_exact;
   std::vector<float> y_naive;
   ak::reference::ecoformer<double>(in.q.view, in.k.view, in.v.view, in.hash.anchors, in.hash.mvec, in.hash.a,
@@ -162,6 +165,35 @@ TEMPLATE_LIST_TEST_CASE("ecoformer edge cases", "[ecoformer]", ak::test::Backend
                          .head_dim = 20,
                          .sigma = 3.0f,
                          .layout = Layout::kPaddedStrides});
+  }
+  SECTION("padded batches: real lengths per entry, empty entries, causal alignment per entry") {
+    check_eco<TestType>({.batch = 3,
+                         .q_len = 70,
+                         .kv_len = 90,
+                         .q_heads = 4,
+                         .kv_heads = 2,
+                         .head_dim = 16,
+                         .q_lengths = {70, 13, 0},
+                         .kv_lengths = {41, 90, 7}});
+    check_eco<TestType>({.batch = 3,
+                         .q_len = 70,
+                         .kv_len = 90,
+                         .q_heads = 2,
+                         .head_dim = 12,
+                         .v_dim = 9,
+                         .bits = 32,
+                         .causal = true,
+                         .layout = Layout::kBhsd,
+                         .q_lengths = {70, 5, 33},
+                         .kv_lengths = {90, 0, 20}});
+    check_eco<TestType>({.batch = 2,
+                         .q_len = 64,
+                         .kv_len = 64,
+                         .head_dim = 8,
+                         .causal = true,
+                         .sigma = 2.0f,
+                         .q_lengths = {64, 17},
+                         .kv_lengths = {}});
   }
   SECTION("empty batch, no queries, no keys") {
     check_eco<TestType>({.batch = 0, .q_len = 5, .kv_len = 5});
@@ -291,6 +323,11 @@ TEST_CASE("ecoformer rejects bad input with a message naming the argument", "[ec
   CHECK_THROWS_WITH(attn(q, ak::bshd(p, 2, 6, 2, 16), v, good, out), Contains("k: head_dim 16, expected 8"));
   CHECK_THROWS_WITH(attn(q, k, ak::bshd(p, 2, 5, 2, 8), good, out), Contains("v: seq 5, expected 6"));
   CHECK_THROWS_WITH(attn(q, k, v, good, ak::bshd(w, 2, 4, 2, 8)), Contains("out: heads 2, expected 4"));
+  const std::vector<std::int32_t> one_length{4}, too_long{6, 7};
+  CHECK_THROWS_WITH(attn(q, k, v, good, out, {.lengths = {.q = one_length}}),
+                    Contains("lengths.q: 1 entries, expected 2"));
+  CHECK_THROWS_WITH(attn(q, k, v, good, out, {.lengths = {.kv = too_long}}),
+                    Contains("lengths.kv[1] is 7, expected in [0, 6]"));
   CHECK_THROWS_WITH(attn.cost(q, k, v, h), Contains("hash.mvec"));
   CHECK_THROWS_WITH(attn.workspace_bytes(q, k, v, h), Contains("hash.mvec"));
 }

@@ -37,8 +37,10 @@
 // mask; without a fixed sigma the anchor dots of every row are kept until the mean distance is
 // known, so q and k are read once either way (the workspace then holds max(q_len, kv_len) x m
 // floats per thread; with sigma set, one block of rows).
-// Work items are (batch entry, kv head) and run start to end on one thread, so results do not
-// depend on the thread count. Not supported here: padded lengths, packed sequences, decode state.
+// Padded batches: args.lengths gives each batch entry's real q / kv lengths (sigma and the causal
+// alignment use the real rows; rows past a length are zeros). Work items are (batch entry, kv
+// head) and run start to end on one thread, so results do not depend on the thread count. Not
+// supported here: packed sequences (cu_seqlens), decode state.
 // The reference is reference/ecoformer.hpp; the shared GEMM tiles come from feature_attention.hpp.
 #pragma once
 
@@ -67,6 +69,7 @@ struct EcoFormer {
     std::optional<float> sigma{};  // kernel width; unset: per (batch, head) mean squared anchor distance
   };
   struct Args {
+    SeqLengths lengths{};   // real q / kv length per batch entry (rows past them: zeros)
     Workspace workspace{};  // >= workspace_bytes(...) bytes, 64-byte aligned; none: allocated
   };
 };
@@ -89,18 +92,20 @@ inline constexpr Index kNibbleCodes = Index{1} << kNibble;
 struct EcoPlan {
   Index m = 0, d = 0, bits = 0, dv = 0;
   Index m_pad = 0, bits_pad = 0;  // padded to the vector width (zero anchors, zero A columns)
-  Index group = 1, kv_groups = 0, items = 0, q_len = 0, kv_len = 0;
-  Index nibbles = 0;   // ceil(bits / kNibble): bucket groups of the non-causal sums
-  Index sum_row = 0;   // floats between rows of the sums: dv padded to the vector width, plus one
-                       // vector, so rows 4 KiB apart (which the CPU confuses) are rare
-  Index dot_rows = 0;  // rows of the anchor dots buffer: a chunk (sigma set) or every row of q or k
+  Index group = 1, kv_groups = 0, items = 0;
+  Index q_len = 0, kv_len = 0;  // the views' extents: every sequence's lengths are at most these
+  Index nibbles = 0;            // ceil(bits / kNibble): bucket groups of the non-causal sums
+  Index sum_row = 0;            // floats between rows of the sums: dv padded to the vector width, plus one
+                                // vector, so rows 4 KiB apart (which the CPU confuses) are rare
+  Index dot_rows = 0;           // rows of the anchor dots buffer: a chunk (sigma set) or every row of q or k
   bool causal = false;
   std::size_t shared_bytes = 0;   // anchorsᵀ, anchor norms, mvec, Aᵀ: written once, read by all threads
   std::size_t scratch_bytes = 0;  // per thread
 };
 
 template <class V>
-EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash, const EcoFormer::Options& options) {
+EcoPlan make_eco_plan(const AttentionShape& shape, const SequenceLayout& seqs, const EcoFormerHash& hash,
+                      const EcoFormer::Options& options) {
   constexpr Index W = VecOps<V>::width;
   static_assert(kHashChunk % RegisterTile<V>::mr == 0, "full hash chunks are read in place");
   EcoPlan p;
@@ -112,7 +117,7 @@ EcoPlan make_eco_plan(const AttentionShape& shape, const EcoFormerHash& hash, co
   p.bits_pad = (p.bits + W - 1) / W * W;
   p.group = shape.heads.group();
   p.kv_groups = shape.heads.out_heads() / p.group;
-  p.items = shape.batch * p.kv_groups;
+  p.items = seqs.count() * p.kv_groups;
   p.q_len = shape.q_len;
   p.kv_len = shape.kv_len;
   p.nibbles = (p.bits + kNibble - 1) / kNibble;
@@ -193,9 +198,9 @@ template <class V>
 class EcoKernel {
  public:
   EcoKernel(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-            const View<float, 4>& out, const AttentionShape& shape, const EcoFormerHash& hash, const EcoPlan& plan,
-            const EcoFormer::Options& options, std::byte* workspace)
-      : q_(q), k_(k), v_(v), out_(out), shape_(shape), plan_(plan), options_(options) {
+            const View<float, 4>& out, const AttentionShape& shape, const SequenceLayout& seqs,
+            const EcoFormerHash& hash, const EcoPlan& plan, const EcoFormer::Options& options, std::byte* workspace)
+      : q_(q), k_(k), v_(v), out_(out), shape_(shape), seqs_(seqs), plan_(plan), options_(options) {
     const Index m = plan.m, mp = plan.m_pad, bp = plan.bits_pad;
     Arena arena(workspace, plan.shared_bytes);
     anchors_t_ = arena.take<float>(plan.d * mp);               // (d, m_pad)
@@ -225,7 +230,8 @@ class EcoKernel {
   }
 
   void run_item(Index item, int slot) const {
-    const Index batch = item / plan_.kv_groups, kv_group = item % plan_.kv_groups;
+    const Sequence seq = seqs_[item / plan_.kv_groups];
+    const Index kv_group = item % plan_.kv_groups;
     const Index kv_head = shape_.heads.kv_head(kv_group * plan_.group);
     const Index bits = plan_.bits, dv = plan_.dv;
     Arena arena(scratch_ + plan_.scratch_bytes * static_cast<std::size_t>(slot), plan_.scratch_bytes);
@@ -246,15 +252,15 @@ class EcoKernel {
       buf.count = arena.take<std::int64_t>(plan_.nibbles * kNibbleCodes);          // (nibbles, 16)
     }
 
-    hash_rows(k_, batch, kv_head, kv_head, plan_.kv_len, buf.kcodes, buf);
+    hash_rows(k_, seq.batch, kv_head, kv_head, seq.kv_len, buf.kcodes, buf);
     for (Index h = 0; h < plan_.group; ++h) {
       const Index out_head = kv_group * plan_.group + h;
-      hash_rows(q_, batch, shape_.heads.q_head(out_head), kv_head, plan_.q_len, buf.qcodes + h * plan_.q_len, buf);
+      hash_rows(q_, seq.batch, shape_.heads.q_head(out_head), kv_head, seq.q_len, buf.qcodes + h * plan_.q_len, buf);
     }
     if (plan_.causal)
-      run_causal(batch, kv_group, kv_head, buf);
+      run_causal(seq, kv_group, kv_head, buf);
     else
-      run_non_causal(batch, kv_group, kv_head, buf);
+      run_non_causal(seq, kv_group, kv_head, buf);
   }
 
  private:
@@ -271,10 +277,10 @@ class EcoKernel {
     return buf.sums + (g * kNibbleCodes + p) * plan_.sum_row;
   }
 
-  void zero_out_rows(Index batch, Index kv_group) const {
-    for (Index i = 0; i < plan_.q_len; ++i)
+  void zero_out_rows(const Sequence& seq, Index kv_group) const {
+    for (Index i = 0; i < seq.q_len; ++i)
       for (Index h = 0; h < plan_.group; ++h) {
-        float* out_row = out_.at(batch, i, kv_group * plan_.group + h, 0);
+        float* out_row = out_.at(seq.batch, i, kv_group * plan_.group + h, 0);
         std::fill(out_row, out_row + plan_.dv, 0.0f);
       }
   }
@@ -284,9 +290,9 @@ class EcoKernel {
   // become a table over the 16 query nibbles p: T(g, p) = Σ_{t in g} (bit t of p ? set_t : clear_t),
   // the sum over the nibble's bits of the values of the keys that agree there. A query adds one
   // table row per nibble: num = V + 2 Σ_g T(g, p_g), den = N + 2 Σ_g count(g, p_g).
-  void run_non_causal(Index batch, Index kv_group, Index kv_head, const Buffers& buf) const {
-    const Index dv = plan_.dv, n = plan_.kv_len, nibbles = plan_.nibbles;
-    if (n == 0) return zero_out_rows(batch, kv_group);
+  void run_non_causal(const Sequence& seq, Index kv_group, Index kv_head, const Buffers& buf) const {
+    const Index dv = plan_.dv, n = seq.kv_len, nibbles = plan_.nibbles, batch = seq.batch;
+    if (n == 0) return zero_out_rows(seq, kv_group);
     std::fill(buf.sums, buf.sums + nibbles * kNibbleCodes * plan_.sum_row, 0.0f);
     std::fill(buf.count, buf.count + nibbles * kNibbleCodes, std::int64_t{0});
     for (Index j = 0; j < n; ++j) {
@@ -305,10 +311,10 @@ class EcoKernel {
     for (Index g = 0; g < nibbles; ++g) nibble_table(g, n, buf);
 
     const float* rows[EcoFormer::kMaxBits / kNibble];
-    for (Index i = 0; i < plan_.q_len; ++i)
+    for (Index i = 0; i < seq.q_len; ++i)
       for (Index h = 0; h < plan_.group; ++h) {
         const Index out_head = kv_group * plan_.group + h;
-        if (i + kAhead < plan_.q_len) prefetch_rows<true>(out_.at(batch, i + kAhead, out_head, 0), 0, 1, dv);
+        if (i + kAhead < seq.q_len) prefetch_rows<true>(out_.at(batch, i + kAhead, out_head, 0), 0, 1, dv);
         const std::uint64_t code = buf.qcodes[h * plan_.q_len + i];
         std::int64_t agree = 0;
         for (Index g = 0; g < nibbles; ++g) {
@@ -356,23 +362,23 @@ class EcoKernel {
 
   // Causal: keys enter one at a time as running sums per bit (set_t, clear_t), read by the
   // queries that see them.
-  void run_causal(Index batch, Index kv_group, Index kv_head, const Buffers& buf) const {
-    const Index bits = plan_.bits, dv = plan_.dv;
+  void run_causal(const Sequence& seq, Index kv_group, Index kv_head, const Buffers& buf) const {
+    const Index bits = plan_.bits, dv = plan_.dv, batch = seq.batch;
     std::fill(buf.sums, buf.sums + 2 * bits * plan_.sum_row, 0.0f);
     std::fill(buf.vsum, buf.vsum + dv, 0.0f);
     std::fill(buf.count, buf.count + bits, std::int64_t{0});
     // Bottom-right aligned: query i sees keys j <= i + kv_len - q_len.
-    const Index offset = plan_.kv_len - plan_.q_len;
+    const Index offset = seq.kv_len - seq.q_len;
     Index seen = 0;
-    for (Index i = 0; i < plan_.q_len; ++i) {
-      const Index visible = std::clamp<Index>(i + offset + 1, 0, plan_.kv_len);
+    for (Index i = 0; i < seq.q_len; ++i) {
+      const Index visible = std::clamp<Index>(i + offset + 1, 0, seq.kv_len);
       for (; seen < visible; ++seen) {
-        if (seen + kAhead < plan_.kv_len) prefetch_rows(v_.at(batch, seen + kAhead, kv_head, 0), 0, 1, dv);
+        if (seen + kAhead < seq.kv_len) prefetch_rows(v_.at(batch, seen + kAhead, kv_head, 0), 0, 1, dv);
         add_key(buf.kcodes[seen], v_.at(batch, seen, kv_head, 0), buf);
       }
       for (Index h = 0; h < plan_.group; ++h) {
         float* out_row = out_.at(batch, i, kv_group * plan_.group + h, 0);
-        if (i + kAhead < plan_.q_len)
+        if (i + kAhead < seq.q_len)
           prefetch_rows<true>(out_.at(batch, i + kAhead, kv_group * plan_.group + h, 0), 0, 1, dv);
         if (seen == 0)
           std::fill(out_row, out_row + dv, 0.0f);
@@ -423,7 +429,7 @@ class EcoKernel {
       const float inv_two_sigma = 0.5f / *options_.sigma;
       for (Index r0 = 0; r0 < rows; r0 += kHashChunk) {
         const Index n = std::min(kHashChunk, rows - r0);
-        anchor_dots(x, batch, head, r0, n, buf.dots, buf.norms, buf);
+        anchor_dots(x, batch, head, rows, r0, n, buf.dots, buf.norms, buf);
         codes_of(buf.dots, buf.norms, n, inv_two_sigma, a_t, codes + r0, buf);
       }
       return;
@@ -433,7 +439,7 @@ class EcoKernel {
     for (Index r0 = 0; r0 < rows; r0 += kHashChunk) {
       const Index n = std::min(kHashChunk, rows - r0);
       float* dots = buf.dots + r0 * mp;
-      anchor_dots(x, batch, head, r0, n, dots, buf.norms + r0, buf);
+      anchor_dots(x, batch, head, rows, r0, n, dots, buf.norms + r0, buf);
       for (Index r = 0; r < n; ++r)
         total += double(buf.norms[r0 + r]) - 2.0 * double(sum<V>(dots + r * mp, mp)) / static_cast<double>(plan_.m);
     }
@@ -444,12 +450,11 @@ class EcoKernel {
                buf);
   }
 
-  // dots (chunk, m_pad) = x_r · a_j and norms[r] = |x_r|² for rows r0 .. r0 + n - 1 (n <= chunk);
-  // rows past n are dots of zero rows.
-  void anchor_dots(const View<const float, 4>& x, Index batch, Index head, Index r0, Index n, float* dots, float* norms,
-                   const Buffers& buf) const {
+  // dots (chunk, m_pad) = x_r · a_j and norms[r] = |x_r|² for rows r0 .. r0 + n - 1 (n <= chunk) of
+  // the `rows` rows being hashed; rows past n are dots of zero rows.
+  void anchor_dots(const View<const float, 4>& x, Index batch, Index head, Index rows, Index r0, Index n, float* dots,
+                   float* norms, const Buffers& buf) const {
     const Index d = plan_.d, mp = plan_.m_pad;
-    const Index rows = x.extent(1);
     const Index next = std::min(kHashChunk, rows - r0 - n);  // the chunk after this one
     if (next > 0) prefetch_rows(x.at(batch, r0 + n, head, 0), x.stride(1), next, d);
     // A full chunk is read in place; the last, partial one is copied and padded with zero rows.
@@ -502,6 +507,7 @@ class EcoKernel {
   View<const float, 4> q_, k_, v_;
   View<float, 4> out_;
   AttentionShape shape_;
+  SequenceLayout seqs_;
   EcoPlan plan_;
   const EcoFormer::Options& options_;
   float* anchors_t_ = nullptr;     // (d, m_pad)
@@ -534,21 +540,27 @@ class Attention<EcoFormer, Backend> {
   const Options& options() const { return options_; }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv), hash {anchors (m, D), mvec (m),
-  // a (Hkv, bits, m)}. FLOPs: hashing 2 m (D + bits) per hashed row (q rows once per out head, k
-  // rows once per kv head; exp not counted), plus the additions of the sums, Dv wide:
+  // a (Hkv, bits, m)}; args.lengths: real lengths per batch entry. FLOPs over the real rows:
+  // hashing 2 m (D + bits) per hashed row (q rows once per out head, k rows once per kv head; exp
+  // not counted), plus the additions of the sums, Dv wide:
   //   non-causal  n = ceil(bits / 4) per key, n + 2 per query (n - 1 additions, the scaling and
-  //               the division), and per (batch, kv head) the tables: for each nibble of w bits
-  //               w 2^w + 2^(w+1) - 4, plus 2^w0 for V;
+  //               the division), and per (batch entry with keys, kv head) the tables: for each
+  //               nibble of w bits w 2^w + 2^(w+1) - 4, plus 2^w0 for V;
   //   causal      bits + 1 per key, bits + 2 per query.
   Cost cost(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-            const EcoFormerHash& hash, const Args& = {}) const {
+            const EcoFormerHash& hash, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     check_hash(shape, hash);
+    const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
     const Index bits = hash.a.extent(1);
     const double m = static_cast<double>(hash.anchors.extent(0));
     const double dv = static_cast<double>(shape.v_dim), d = static_cast<double>(shape.head_dim);
-    const double q_rows = static_cast<double>(shape.batch * shape.q_len * shape.heads.out_heads());
-    const double k_rows = static_cast<double>(shape.batch * shape.kv_len * shape.heads.kv_heads);
+    double q_rows = 0, k_rows = 0, items = 0;  // items: (sequence with keys, kv head) pairs
+    for (Index s = 0; s < seqs.count(); ++s) {
+      q_rows += static_cast<double>(seqs[s].q_len * shape.heads.out_heads());
+      k_rows += static_cast<double>(seqs[s].kv_len * shape.heads.kv_heads);
+      items += seqs[s].kv_len > 0 ? static_cast<double>(shape.heads.kv_heads) : 0.0;
+    }
     Cost cost;
     cost.flops = 2.0 * m * (d + static_cast<double>(bits)) * (q_rows + k_rows);
     if (options_.causal) {
@@ -560,29 +572,32 @@ class Attention<EcoFormer, Backend> {
         const Index w = std::min(detail::kNibble, bits - g * detail::kNibble);
         tables += static_cast<double>(w * (Index{1} << w) + (Index{1} << (w + 1)) - 4);
       }
-      const double items = static_cast<double>(shape.batch * shape.heads.kv_heads);
       cost.flops += static_cast<double>(nibbles) * dv * k_rows + static_cast<double>(nibbles + 2) * dv * q_rows +
-                    (shape.kv_len > 0 ? tables * dv * items : 0.0);
+                    tables * dv * items;
     }
-    cost.bytes = sizeof(float) * static_cast<double>(q.size() + k.size() + v.size()) + sizeof(float) * q_rows * dv;
+    const double q_heads = static_cast<double>(shape.heads.q_heads);
+    cost.bytes = sizeof(float) * (q_rows / static_cast<double>(shape.heads.out_heads()) * q_heads * d +
+                                  k_rows * (d + dv) + q_rows * dv);
     return cost;
   }
 
   std::size_t workspace_bytes(const View<const float, 4>& q, const View<const float, 4>& k,
-                              const View<const float, 4>& v, const EcoFormerHash& hash, const Args& = {}) const {
+                              const View<const float, 4>& v, const EcoFormerHash& hash, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     check_hash(shape, hash);
-    return workspace_of(detail::make_eco_plan<V>(shape, hash, options_));
+    return workspace_of(detail::make_eco_plan<V>(shape, SequenceLayout::padded(shape, args.lengths), hash, options_));
   }
 
   void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
                   const EcoFormerHash& hash, const View<float, 4>& out, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     check_hash(shape, hash);
-    const detail::EcoPlan plan = detail::make_eco_plan<V>(shape, hash, options_);
+    const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
+    const detail::EcoPlan plan = detail::make_eco_plan<V>(shape, seqs, hash, options_);
     if (plan.items == 0 || plan.q_len == 0) return;
+    detail::zero_rows_past_lengths(out, seqs);
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
-    const detail::EcoKernel<V> kernel(q, k, v, out, shape, hash, plan, options_,
+    const detail::EcoKernel<V> kernel(q, k, v, out, shape, seqs, hash, plan, options_,
                                       static_cast<std::byte*>(workspace.data()));
     backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
   }

@@ -8,6 +8,8 @@
 //   w_ij = h(q_i) · h(k_j) + b + 1 (an integer in [1, 2b + 1]),
 //   out[b, i, o] = Σ_j w_ij v_j / Σ_j w_ij over the keys j visible to query i (causal:
 //   j <= i + kv_len - q_len); no visible key: zeros. Head mapping as reference/dense.hpp.
+// With options.lengths, batch entry b has q_len = lengths.q[b] and kv_len = lengths.kv[b] real rows
+// (sigma and everything above use only those); its rows past q_len are zeros.
 // Not here: the packed-bit linear-time kernel (mechanism/ecoformer.hpp), calibration (tools/).
 #pragma once
 
@@ -16,20 +18,22 @@
 #include <cstdint>
 #include <vector>
 
+#include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 
 namespace attnkit::reference {
 
 struct EcoFormerOptions {
   bool causal = false;
-  double sigma = 0;  // > 0: fixed; otherwise the per-(batch, head) mean squared anchor distance
+  double sigma = 0;      // > 0: fixed; otherwise the per-(batch, head) mean squared anchor distance
+  SeqLengths lengths{};  // empty: every row is real
 };
 
-// Mean of |x[b, n, h] - a_j|² over the tensor's rows n and the anchors j (anchors (m, d)),
+// Mean of |x[b, n, h] - a_j|² over the rows n < rows and the anchors j (anchors (m, d)),
 // accumulated in double whatever Acc (as the kernel does: it is one scalar per (batch, head)).
 template <class Acc>
-Acc ecoformer_sigma(const View<const float, 4>& x, Index b, Index h, const View<const float, 2>& anchors) {
-  const Index rows = x.extent(1), m = anchors.extent(0), d = anchors.extent(1);
+Acc ecoformer_sigma(const View<const float, 4>& x, Index b, Index h, Index rows, const View<const float, 2>& anchors) {
+  const Index m = anchors.extent(0), d = anchors.extent(1);
   double total = 0;
   for (Index n = 0; n < rows; ++n)
     for (Index j = 0; j < m; ++j)
@@ -67,12 +71,12 @@ void ecoformer(const View<const float, 4>& q, const View<const float, 4>& k, con
                const View<const float, 2>& anchors, const View<const float, 1>& mvec, const View<const float, 3>& a,
                const View<Acc, 4>& out, EcoFormerOptions options, std::vector<Acc>* projections = nullptr) {
   const Index q_heads = q.extent(2), kv_heads = k.extent(2), v_dim = v.extent(3);
-  const Index q_len = q.extent(1), kv_len = k.extent(1), bits = a.extent(1);
+  const Index bits = a.extent(1);
   const Index out_heads = std::max(q_heads, kv_heads);
-  auto codes = [&](const View<const float, 4>& x, Index b, Index h, Index a_head) {
-    const Acc sigma = options.sigma > 0 ? static_cast<Acc>(options.sigma) : ecoformer_sigma<Acc>(x, b, h, anchors);
-    std::vector<std::vector<int>> rows(static_cast<std::size_t>(x.extent(1)));
-    for (Index n = 0; n < x.extent(1); ++n) {
+  auto codes = [&](const View<const float, 4>& x, Index b, Index h, Index a_head, Index len) {
+    const Acc sigma = options.sigma > 0 ? static_cast<Acc>(options.sigma) : ecoformer_sigma<Acc>(x, b, h, len, anchors);
+    std::vector<std::vector<int>> rows(static_cast<std::size_t>(len));
+    for (Index n = 0; n < len; ++n) {
       const std::vector<Acc> y = ecoformer_projection<Acc>(x, b, n, h, anchors, mvec, a, a_head, sigma);
       for (Index t = 0; t < bits; ++t) rows[n].push_back(y[t] > 0 ? 1 : -1);
       if (projections != nullptr) projections->insert(projections->end(), y.begin(), y.end());
@@ -81,9 +85,13 @@ void ecoformer(const View<const float, 4>& q, const View<const float, 4>& k, con
   };
   for (Index b = 0; b < q.extent(0); ++b)
     for (Index o = 0; o < out_heads; ++o) {
+      const Index q_len = options.lengths.q.empty() ? q.extent(1) : options.lengths.q[b];
+      const Index kv_len = options.lengths.kv.empty() ? k.extent(1) : options.lengths.kv[b];
+      for (Index i = q_len; i < q.extent(1); ++i)
+        for (Index c = 0; c < v_dim; ++c) out(b, i, o, c) = Acc(0);
       const Index qh = q_heads >= kv_heads ? o : o % q_heads;
       const Index kh = q_heads >= kv_heads ? o / (q_heads / kv_heads) : o;
-      const std::vector<std::vector<int>> hq = codes(q, b, qh, kh), hk = codes(k, b, kh, kh);
+      const std::vector<std::vector<int>> hq = codes(q, b, qh, kh, q_len), hk = codes(k, b, kh, kh, kv_len);
       for (Index i = 0; i < q_len; ++i) {
         const Index visible = options.causal ? std::clamp<Index>(i + kv_len - q_len + 1, 0, kv_len) : kv_len;
         std::vector<Acc> num(static_cast<std::size_t>(v_dim), Acc(0));
