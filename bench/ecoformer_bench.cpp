@@ -97,15 +97,6 @@ void set_counters(bm::State& state, const ak::Cost& cost, const std::string& cas
         state.counters[std::string("vs_") + base] = it->second / seconds;
 }
 
-double relative_error(const std::vector<float>& got, const std::vector<float>& exact) {
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    diff += (double(got[i]) - exact[i]) * (double(got[i]) - exact[i]);
-    norm += double(exact[i]) * exact[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
 void register_case(const Case& c, bool with_dense) {
   const Backend one_thread{.num_threads = 1};
   if (with_dense)
@@ -194,10 +185,10 @@ void print_error(Index n) {
     for (int which = 0; which < 2; ++which) {
       const ak::tools::EcoFormerCalibration hash = hash_for(in, kBits[0], which == 0);
       ak::Attention<ak::EcoFormer>({.causal = causal})(q, k, v, hash.hash(), in.out_view());
-      errors[which] = relative_error(in.out, exact);
+      errors[which] = ak::bench::relative_error(in.out, exact);
     }
     ak::Attention<ak::Linear>(ak::Linear::Options{.causal = causal})(q, k, v, in.out_view());
-    errors[2] = relative_error(in.out, exact);
+    errors[2] = ak::bench::relative_error(in.out, exact);
     std::printf("%-10s %12.3f %12.3f %12.3f\n", causal ? "causal" : "non-causal", errors[0], errors[1], errors[2]);
   }
 }

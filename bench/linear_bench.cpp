@@ -62,15 +62,6 @@ void set_counters(bm::State& state, const ak::Cost& cost, const std::string& cas
     state.counters["vs_dense"] = it->second / seconds;
 }
 
-double relative_error(const std::vector<float>& got, const std::vector<float>& exact) {
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    diff += (double(got[i]) - exact[i]) * (double(got[i]) - exact[i]);
-    norm += double(exact[i]) * exact[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
 void register_case(const Case& c) {
   using Backend = ak::OpenMP<>;
   const Backend one_thread{.num_threads = 1};
@@ -108,7 +99,7 @@ void register_case(const Case& c) {
         std::vector<float> exact(in.out.size());
         ak::Attention<ak::Dense, Backend>(ak::Dense::Options{.causal = c.causal})(
             q, k, v, ak::bshd(exact.data(), 1, c.n, kHeads, kDim));
-        state.counters["rel_error"] = relative_error(in.out, exact);
+        state.counters["rel_error"] = ak::bench::relative_error(in.out, exact);
       })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
@@ -164,7 +155,7 @@ void print_error_curve(Index n) {
       for (Index m : features) {
         const ak::RandomProjection w = ak::gaussian_orthogonal_features(m, kDim, kProjectionSeed);
         ak::Attention<ak::Performer>(ak::Performer::Options{.causal = causal})(q, k, v, w.view(), in.out_view());
-        std::printf(" %8.3f", relative_error(in.out, exact));
+        std::printf(" %8.3f", ak::bench::relative_error(in.out, exact));
       }
       std::printf("\n");
     }

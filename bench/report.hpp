@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -31,6 +32,16 @@ inline bool take_flag(int& argc, char** argv, const char* flag) {
   }
   argc = kept;
   return found;
+}
+
+// Frobenius norm of (got - exact) relative to that of exact (same sizes).
+inline double relative_error(const std::vector<float>& got, const std::vector<float>& exact) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < exact.size(); ++i) {
+    diff += (double(got[i]) - exact[i]) * (double(got[i]) - exact[i]);
+    norm += double(exact[i]) * exact[i];
+  }
+  return std::sqrt(diff / norm);
 }
 
 // Runs call() in the benchmark loop and returns its real time per call, so a later benchmark of

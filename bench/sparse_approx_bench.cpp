@@ -58,15 +58,6 @@ const std::vector<float>& exact_output(Index n, bool causal) {
   return outputs[case_name(n, causal)] = std::move(out);
 }
 
-double relative_error(const std::vector<float>& approx, const std::vector<float>& exact) {
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < exact.size(); ++i) {
-    diff += (double(approx[i]) - exact[i]) * (double(approx[i]) - exact[i]);
-    norm += double(exact[i]) * exact[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
 template <class Mechanism>
 void register_case(const std::string& impl, Index n, bool causal, typename Mechanism::Options options) {
   bm::RegisterBenchmark((impl + "/" + case_name(n, causal)).c_str(),
@@ -84,7 +75,7 @@ void register_case(const std::string& impl, Index n, bool causal, typename Mecha
                           if constexpr (std::is_same_v<Mechanism, ak::Dense>) {
                             exact_outputs()[case_name(n, causal)] = out;
                           } else {
-                            state.counters["rel_err"] = relative_error(out, exact_output(n, causal));
+                            state.counters["rel_err"] = ak::bench::relative_error(out, exact_output(n, causal));
                           }
                         })
       ->UseRealTime()

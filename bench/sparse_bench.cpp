@@ -57,14 +57,7 @@ struct Problem {
   ak::View<const float, 4> view(const std::vector<float>& x) const { return ak::bshd(x.data(), 1, n, kHeads, kDim); }
   ak::View<float, 4> out(std::vector<float>& x) const { return ak::bshd(x.data(), 1, n, kHeads, kDim); }
 
-  double relative_error(const std::vector<float>& o) const {
-    double diff = 0, norm = 0;
-    for (std::size_t i = 0; i < o.size(); ++i) {
-      diff += (double(o[i]) - exact[i]) * (double(o[i]) - exact[i]);
-      norm += double(exact[i]) * exact[i];
-    }
-    return std::sqrt(diff / norm);
-  }
+  double relative_error(const std::vector<float>& o) const { return ak::bench::relative_error(o, exact); }
 };
 
 const Problem& problem(Index n, bool local) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <span>
 
 #include "attnkit/core/error.hpp"
@@ -200,4 +201,21 @@ class SequenceLayout {
   bool packed_ = false;
 };
 
+namespace detail {
+
+// Rows past a padded sequence's real length: zeros in out (batch, q, heads, dv) and, when lse
+// (batch, q, heads) is given, a log-sum-exp of -inf.
+inline void zero_rows_past_lengths(const View<float, 4>& out, const SequenceLayout& seqs,
+                                   const View<float, 3>& lse = {}) {
+  for (Index s = 0; s < seqs.count(); ++s) {
+    const Sequence seq = seqs[s];
+    for (Index pos = seq.q_len; pos < seq.q_extent; ++pos)
+      for (Index h = 0; h < out.extent(2); ++h) {
+        for (Index d = 0; d < out.extent(3); ++d) out(seq.batch, pos, h, d) = 0.0f;
+        if (lse.data() != nullptr) lse(seq.batch, pos, h) = -std::numeric_limits<float>::infinity();
+      }
+  }
+}
+
+}  // namespace detail
 }  // namespace attnkit

@@ -26,6 +26,7 @@
 #include <string>
 
 #include "attnkit/attention.hpp"
+#include "attnkit/backend/arrays.hpp"
 #include "attnkit/backend/backend.hpp"
 #include "attnkit/backend/exp.hpp"
 #include "attnkit/backend/vec.hpp"
@@ -170,14 +171,15 @@ class CombinerLogsparseKernel {
       if (!causal_) combiner_log_split(i + 1, shape_.q_len, [&](LogSpan s) { set[count++] = s; });
       float max = tile::kNegInf;
       for (Index e = 0; e < count; ++e) {
-        logits[e] = dot(q_row, span_key(head, set[e].level, set[e].chunk), dim);
+        logits[e] = dot<V>(q_row, span_key(head, set[e].level, set[e].chunk), dim);
         max = std::max(max, logits[e]);
       }
       float sum = 0.0f;
       for (Index e = 0; e < count; ++e) sum += logits[e] = exp_approx(logits[e] - max);
       float* o = out_.at(batch, i, out_head, 0);  // (v_dim)
       std::fill(o, o + v_dim, 0.0f);
-      for (Index e = 0; e < count; ++e) axpy(logits[e] / sum, span_value(head, set[e].level, set[e].chunk), o, v_dim);
+      for (Index e = 0; e < count; ++e)
+        axpy<V>(logits[e] / sum, span_value(head, set[e].level, set[e].chunk), o, v_dim);
     }
   }
 
@@ -193,24 +195,6 @@ class CombinerLogsparseKernel {
   }
   float* span_value(Index head, Index level, Index chunk) const {
     return spans_ + plan_.heads * plan_.spans * shape_.head_dim + span_index(head, level, chunk) * shape_.v_dim;
-  }
-
-  static float dot(const float* a, const float* b, Index n) {
-    constexpr int W = Ops::width;
-    V acc = Ops::zero();
-    Index d = 0;
-    for (; d + W <= n; d += W) acc = Ops::fma(Ops::load(a + d), Ops::load(b + d), acc);
-    float sum = Ops::sum(acc);
-    for (; d < n; ++d) sum += a[d] * b[d];
-    return sum;
-  }
-  // y (n) += a · x (n).
-  static void axpy(float a, const float* x, float* y, Index n) {
-    constexpr int W = Ops::width;
-    const V av = Ops::broadcast(a);
-    Index d = 0;
-    for (; d + W <= n; d += W) Ops::store(y + d, Ops::fma(av, Ops::load(x + d), Ops::load(y + d)));
-    for (; d < n; ++d) y[d] += a * x[d];
   }
 
   View<const float, 4> q_, k_, v_;

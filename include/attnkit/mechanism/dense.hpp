@@ -387,7 +387,7 @@ class Attention<Dense, Backend> {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
     check_lse(args.lse, shape.batch, shape.q_len, shape);
-    zero_padded_rows(out, args.lse, seqs);
+    detail::zero_rows_past_lengths(out, seqs, args.lse);
     run(q, k, v, out, args, shape, seqs);
   }
 
@@ -432,18 +432,6 @@ class Attention<Dense, Backend> {
     for (int axis = 0; axis < 3; ++axis)
       ATTNKIT_CHECK(lse.extent(axis) == expected[axis], "args.lse: extent ", axis, " is ", lse.extent(axis),
                     ", expected ", expected[axis], " (batch, q_len, out_heads)");
-  }
-
-  // Rows past a padded sequence's real length: zeros, log-sum-exp -inf.
-  static void zero_padded_rows(const View<float, 4>& out, const View<float, 3>& lse, const SequenceLayout& seqs) {
-    for (Index s = 0; s < seqs.count(); ++s) {
-      const Sequence seq = seqs[s];
-      for (Index pos = seq.q_len; pos < seq.q_extent; ++pos)
-        for (Index h = 0; h < out.extent(2); ++h) {
-          for (Index d = 0; d < out.extent(3); ++d) out(seq.batch, pos, h, d) = 0.0f;
-          if (lse.data() != nullptr) lse(seq.batch, pos, h) = tile::kNegInf;
-        }
-    }
   }
 
   float scale_for(const AttentionShape& shape) const {

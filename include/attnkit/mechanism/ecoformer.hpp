@@ -93,12 +93,11 @@ struct EcoPlan {
   Index m = 0, d = 0, bits = 0, dv = 0;
   Index m_pad = 0, bits_pad = 0;  // padded to the vector width (zero anchors, zero A columns)
   Index group = 1, kv_groups = 0, items = 0;
-  Index q_len = 0, kv_len = 0;  // the views' extents: every sequence's lengths are at most these
-  Index nibbles = 0;            // ceil(bits / kNibble): bucket groups of the non-causal sums
-  Index sum_row = 0;            // floats between rows of the sums: dv padded to the vector width, plus one
-                                // vector, so rows 4 KiB apart (which the CPU confuses) are rare
-  Index dot_rows = 0;           // rows of the anchor dots buffer: a chunk (sigma set) or every row of q or k
-  bool causal = false;
+  Index q_len = 0, kv_len = 0;    // the views' extents: every sequence's lengths are at most these
+  Index nibbles = 0;              // ceil(bits / kNibble): bucket groups of the non-causal sums
+  Index sum_row = 0;              // floats between rows of the sums: dv padded to the vector width, plus one
+                                  // vector, so rows 4 KiB apart (which the CPU confuses) are rare
+  Index dot_rows = 0;             // rows of the anchor dots buffer: a chunk (sigma set) or every row of q or k
   std::size_t shared_bytes = 0;   // anchorsᵀ, anchor norms, mvec, Aᵀ: written once, read by all threads
   std::size_t scratch_bytes = 0;  // per thread
 };
@@ -121,7 +120,6 @@ EcoPlan make_eco_plan(const AttentionShape& shape, const SequenceLayout& seqs, c
   p.q_len = shape.q_len;
   p.kv_len = shape.kv_len;
   p.nibbles = (p.bits + kNibble - 1) / kNibble;
-  p.causal = options.causal;
   p.sum_row = (p.dv + W - 1) / W * W + W;
   const Index longest = std::max(p.q_len, p.kv_len);
   p.dot_rows = options.sigma ? kHashChunk : (longest + kHashChunk - 1) / kHashChunk * kHashChunk;
@@ -134,7 +132,7 @@ EcoPlan make_eco_plan(const AttentionShape& shape, const SequenceLayout& seqs, c
                     array_bytes<std::uint64_t>(p.kv_len) +           // key codes
                     array_bytes<std::uint64_t>(p.group * p.q_len) +  // query codes per out head
                     array_bytes<float>(p.dv);                        // V
-  if (p.causal)
+  if (options.causal)
     p.scratch_bytes += array_bytes<float>(2 * p.bits * p.sum_row) +  // set, clear
                        array_bytes<std::int64_t>(p.bits);            // c
   else
@@ -152,12 +150,6 @@ inline void add_pair(const float* x, const float* y, float* z, Index n) {
   Index i = 0;
   for (; i + W <= n; i += W) Ops::store(z + i, Ops::load(x + i) + Ops::load(y + i));
   for (; i < n; ++i) z[i] = x[i] + y[i];
-}
-
-// rows[r][i] += x[i] for every r < count, over n floats.
-template <class V>
-inline void add_to_rows(const float* x, float* const* rows, Index count, Index n) {
-  for (Index r = 0; r < count; ++r) add_to<V>(x, rows[r], n);
 }
 
 // out = (base + 2 Σ_r rows[r]) / den over n floats, count >= 1 rows summed in four interleaved
@@ -243,7 +235,7 @@ class EcoKernel {
     buf.kcodes = arena.take<std::uint64_t>(plan_.kv_len);               // (kv_len)
     buf.qcodes = arena.take<std::uint64_t>(plan_.group * plan_.q_len);  // (group, q_len)
     buf.vsum = arena.take<float>(dv);                                   // (dv)
-    if (plan_.causal) {
+    if (options_.causal) {
       buf.sums = arena.take<float>(2 * bits * plan_.sum_row);  // (bits, set / clear, sum_row)
       buf.count = arena.take<std::int64_t>(bits);              // (bits)
     } else {
@@ -257,7 +249,7 @@ class EcoKernel {
       const Index out_head = kv_group * plan_.group + h;
       hash_rows(q_, seq.batch, shape_.heads.q_head(out_head), kv_head, seq.q_len, buf.qcodes + h * plan_.q_len, buf);
     }
-    if (plan_.causal)
+    if (options_.causal)
       run_causal(seq, kv_group, kv_head, buf);
     else
       run_non_causal(seq, kv_group, kv_head, buf);
@@ -298,13 +290,12 @@ class EcoKernel {
     for (Index j = 0; j < n; ++j) {
       if (j + kAhead < n) prefetch_rows(v_.at(batch, j + kAhead, kv_head, 0), 0, 1, dv);
       const std::uint64_t code = buf.kcodes[j];
-      float* buckets[EcoFormer::kMaxBits / kNibble];
+      const float* v_row = v_.at(batch, j, kv_head, 0);
       for (Index g = 0; g < nibbles; ++g) {
         const Index bucket = g * kNibbleCodes + static_cast<Index>((code >> (g * kNibble)) & (kNibbleCodes - 1));
-        buckets[g] = buf.sums + bucket * plan_.sum_row;
+        add_to<V>(v_row, buf.sums + bucket * plan_.sum_row, dv);
         ++buf.count[bucket];
       }
-      add_to_rows<V>(v_.at(batch, j, kv_head, 0), buckets, nibbles, dv);
     }
     std::fill(buf.vsum, buf.vsum + dv, 0.0f);  // V: the sum of nibble 0's buckets
     for (Index p = 0; p < nibble_codes(0); ++p) add_to<V>(table_row(buf, 0, p), buf.vsum, dv);
@@ -391,14 +382,12 @@ class EcoKernel {
   // Adds one key to the sums by the signs of its code: V += v; per bit t, v goes to set_t (bit set,
   // c_t += 1) or to clear_t (bit clear). Additions only.
   void add_key(std::uint64_t code, const float* v_row, const Buffers& buf) const {
-    float* rows[EcoFormer::kMaxBits + 1];
     for (Index t = 0; t < plan_.bits; ++t) {
       const bool bit = (code >> t) & 1u;
-      rows[t] = bit_sum(buf, t, bit);
+      add_to<V>(v_row, bit_sum(buf, t, bit), plan_.dv);
       buf.count[t] += bit;
     }
-    rows[plan_.bits] = buf.vsum;
-    add_to_rows<V>(v_row, rows, plan_.bits + 1, plan_.dv);
+    add_to<V>(v_row, buf.vsum, plan_.dv);
   }
 
   // One output row from the sums over the `seen` keys: with agree_t the sum over keys whose bit t

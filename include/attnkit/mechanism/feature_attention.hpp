@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "attnkit/backend/arrays.hpp"
 #include "attnkit/backend/vec.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
@@ -37,66 +38,6 @@ inline void gemm_accumulate(Index rows, Index n, Index k, const float* a, Index 
                             float* c, Index ldc) {
   for (Index r = 0; r < rows; r += RegisterTile<V>::mr)
     tile::accumulate_pv<V>(a + r * lda, lda, b, ldb, k, n, c + r * ldc, ldc);
-}
-
-// Σ_i x[i] · y[i] over n floats.
-template <class V>
-inline float dot(const float* x, const float* y, Index n) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  V acc = Ops::zero();
-  Index i = 0;
-  for (; i + W <= n; i += W) acc = Ops::fma(Ops::load(x + i), Ops::load(y + i), acc);
-  float sum = Ops::sum(acc);
-  for (; i < n; ++i) sum += x[i] * y[i];
-  return sum;
-}
-
-// Σ_i x[i] over n floats.
-template <class V>
-inline float sum(const float* x, Index n) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  V acc = Ops::zero();
-  Index i = 0;
-  for (; i + W <= n; i += W) acc = acc + Ops::load(x + i);
-  float total = Ops::sum(acc);
-  for (; i < n; ++i) total += x[i];
-  return total;
-}
-
-// max_i x[i] over n >= 1 floats.
-template <class V>
-inline float max_of(const float* x, Index n) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  float best = x[0];
-  Index i = 0;
-  if (n >= W) {
-    V acc = Ops::load(x);
-    for (i = W; i + W <= n; i += W) acc = Ops::max(acc, Ops::load(x + i));
-    best = Ops::reduce_max(acc);
-  }
-  for (; i < n; ++i) best = std::max(best, x[i]);
-  return best;
-}
-
-// y[i] += x[i], or y[i] = x[i] / divisor, over n floats.
-template <class V>
-inline void add_to(const float* x, float* y, Index n) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  Index i = 0;
-  for (; i + W <= n; i += W) Ops::store(y + i, Ops::load(y + i) + Ops::load(x + i));
-  for (; i < n; ++i) y[i] += x[i];
-}
-template <class V>
-inline void divide(const float* x, float divisor, float* y, Index n) {
-  using Ops = VecOps<V>;
-  constexpr int W = Ops::width;
-  Index i = 0;
-  for (; i + W <= n; i += W) Ops::store(y + i, Ops::load(x + i) / Ops::broadcast(divisor));
-  for (; i < n; ++i) y[i] = x[i] / divisor;
 }
 
 // Sizes of one feature-attention call; a function of the shape and the feature count only.
@@ -356,15 +297,5 @@ class FeatureKernel {
   FeatureState state_;
   std::byte* scratch_;
 };
-
-// Rows past a padded sequence's real length: zeros.
-inline void zero_rows_past_lengths(const View<float, 4>& out, const SequenceLayout& seqs) {
-  for (Index s = 0; s < seqs.count(); ++s) {
-    const Sequence seq = seqs[s];
-    for (Index pos = seq.q_len; pos < seq.q_extent; ++pos)
-      for (Index h = 0; h < out.extent(2); ++h)
-        for (Index d = 0; d < out.extent(3); ++d) out(seq.batch, pos, h, d) = 0.0f;
-  }
-}
 
 }  // namespace attnkit::detail

@@ -160,12 +160,13 @@ class MambaKernel {
         if (n < n_state) scan_states<1>(n, tokens, b_row, c_row, lanes);
       }
 
-      if (given(args_.z)) stage(args_.z, bi, t0, tokens, c0, count, z_buf);
+      const bool gated = given(args_.z);
+      if (gated) stage(args_.z, bi, t0, tokens, c0, count, z_buf);
       for (Index t = 0; t < tokens; ++t)
         for (Index v = 0; v < vectors * W; v += W) {
           const Index at = t * C + v;
           V y = Ops::fma(Ops::load(d_lanes + v), Ops::load(u_buf + at), Ops::load(y_buf + at));
-          if (given(args_.z)) y = y * silu(Ops::load(z_buf + at));
+          if (gated) y = y * silu(Ops::load(z_buf + at));
           write_lanes(bi, t0 + t, c0 + v, std::min(W, count - v), y);
         }
     }

@@ -199,14 +199,15 @@ class Mamba2Kernel {
     const Index p = shape_.head_dim;
     const float* xt = x_.at(bi, t, h, 0);
     float* ot = out_.at(bi, t, h, 0);
-    if (given(args_.z)) {
+    const bool gated = given(args_.z);
+    if (gated) {
       const float* zt = args_.z.at(bi, t, h, 0);
       for (Index i = 0; i < p; ++i) gate[i] = zt[i * args_.z.stride(3)];
       for (Index i = 0; i < round_up(p); i += W) Ops::store(gate + i, silu(Ops::load(gate + i)));
     }
     for (Index i = 0; i < p; ++i) {
       const float value = y[i] + skip * xt[i * x_.stride(3)];
-      ot[i * out_.stride(3)] = given(args_.z) ? value * gate[i] : value;
+      ot[i * out_.stride(3)] = gated ? value * gate[i] : value;
     }
   }
 

@@ -29,6 +29,7 @@
 #include <string>
 
 #include "attnkit/attention.hpp"
+#include "attnkit/backend/arrays.hpp"
 #include "attnkit/backend/backend.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
@@ -159,9 +160,9 @@ class ProbSparseKernel {
       const float* qi = q_.at(batch, i, qh, 0);
       float max = tile::kNegInf, sum = 0.0f;
       for (Index s = 0; s < plan_.samples; ++s) {
-        const float dot = dot_product(qi, k_.at(batch, samples_[i * plan_.samples + s], kh, 0), dim);
-        max = std::max(max, dot);
-        sum += dot;
+        const float score = dot<V>(qi, k_.at(batch, samples_[i * plan_.samples + s], kh, 0), dim);
+        max = std::max(max, score);
+        sum += score;
       }
       sparsity[i] = max - sum / static_cast<float>(kv_len);
     }
@@ -196,16 +197,6 @@ class ProbSparseKernel {
   }
 
  private:
-  static float dot_product(const float* a, const float* b, Index n) {
-    constexpr int W = Ops::width;
-    V acc = Ops::zero();
-    Index d = 0;
-    for (; d + W <= n; d += W) acc = Ops::fma(Ops::load(a + d), Ops::load(b + d), acc);
-    float dot = Ops::sum(acc);
-    for (; d < n; ++d) dot += a[d] * b[d];
-    return dot;
-  }
-
   // 4. Every row gets the lazy value first; the top rows are overwritten afterwards.
   void write_lazy_rows(Index batch, Index out_head, Index kh, double* running) const {
     const Index q_len = shape_.q_len, kv_len = shape_.kv_len, v_dim = shape_.v_dim;
