@@ -3,8 +3,12 @@
 // never allocates. A call given none allocates one aligned block itself.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 
@@ -22,18 +26,46 @@ namespace detail {
 
 inline constexpr std::size_t kWorkspaceAlign = 64;
 
+// Sanitize builds (or ATTNKIT_WORKSPACE_GUARDS=1) follow every array carved from a workspace with
+// guard bytes, checked when its arena ends: an overrun that stays inside the workspace, which
+// AddressSanitizer cannot see, then aborts the test that made it.
+#if !defined(ATTNKIT_WORKSPACE_GUARDS)
+#if defined(__SANITIZE_ADDRESS__)
+#define ATTNKIT_WORKSPACE_GUARDS 1
+#else
+#define ATTNKIT_WORKSPACE_GUARDS 0
+#endif
+#endif
+inline constexpr std::size_t kGuardBytes = ATTNKIT_WORKSPACE_GUARDS ? kWorkspaceAlign : 0;
+inline constexpr unsigned char kGuardByte = 0xA5;
+
 constexpr std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
 
-// Bytes an array of n T takes in a workspace, padded so the next array stays aligned.
+// Bytes an array of n T takes in a workspace, padded so the next array stays aligned (and
+// followed by its guard bytes in sanitize builds). An empty array takes nothing.
 template <class T>
 constexpr std::size_t array_bytes(std::size_t n) {
-  return round_up(n * sizeof(T), kWorkspaceAlign);
+  return n == 0 ? 0 : round_up(n * sizeof(T), kWorkspaceAlign) + kGuardBytes;
 }
 
-// Hands out aligned arrays from a fixed block; never allocates.
+// Hands out aligned arrays from a fixed block; never allocates. A measuring arena (no block)
+// hands out null pointers and counts the bytes: sizing a workspace by carving it the same way as
+// the kernel does keeps the two in step.
 class Arena {
  public:
   Arena(void* data, std::size_t bytes) : data_(static_cast<std::byte*>(data)), bytes_(bytes) {}
+  static Arena measuring() { return Arena(nullptr, static_cast<std::size_t>(-1)); }
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  Arena(Arena&& other) noexcept
+      : data_(other.data_),
+        bytes_(other.bytes_),
+        used_(other.used_),
+        guards_(other.guards_),
+        guard_count_(other.guard_count_) {
+    other.guard_count_ = 0;
+  }
+  ~Arena() { check_guards(); }
 
   template <class T>
   T* take(std::size_t n) {
@@ -42,15 +74,43 @@ class Arena {
     // Callers size the arena from workspace_bytes(), so running out is a library bug.
     ATTNKIT_CHECK(used_ + size <= bytes_, "workspace: ", used_ + size, " bytes needed, ", bytes_,
                   " given (internal sizing error)");
+    if (data_ == nullptr) {
+      used_ += size;
+      return nullptr;
+    }
     T* p = reinterpret_cast<T*>(data_ + used_);
+    if constexpr (kGuardBytes > 0) {
+      std::byte* guard = data_ + used_ + n * sizeof(T);
+      const std::size_t length = size - n * sizeof(T);
+      std::memset(guard, kGuardByte, length);
+      if (guard_count_ < kMaxGuards) guards_[guard_count_++] = {guard, length};
+    }
     used_ += size;
     return p;
   }
+  std::size_t used() const { return used_; }
 
  private:
+  struct Guard {
+    std::byte* at = nullptr;
+    std::size_t length = 0;
+  };
+  static constexpr int kMaxGuards = 16;
+
+  void check_guards() const {
+    for (int g = 0; g < guard_count_; ++g)
+      for (std::size_t i = 0; i < guards_[g].length; ++i)
+        if (guards_[g].at[i] != std::byte{kGuardByte}) {
+          std::fprintf(stderr, "attnkit: workspace array %d overran into its guard bytes (byte %zu after it)\n", g, i);
+          std::abort();
+        }
+  }
+
   std::byte* data_;
   std::size_t bytes_;
   std::size_t used_ = 0;
+  std::array<Guard, kMaxGuards> guards_{};
+  int guard_count_ = 0;
 };
 
 // The workspace of a call: the caller's block, or one allocated here when none was given.

@@ -102,23 +102,23 @@ struct ListedKeyBlocks {
 
 // One work item per (batch, out head, query block); key blocks of the same size, padded to whole
 // key panels for the score buffer.
-template <class V>
-DensePlan make_block_sparse_plan(const AttentionShape& shape, const SequenceLayout& seqs, Index block) {
-  using Tile = RegisterTile<V>;
+inline DensePlan make_block_sparse_plan(const AttentionShape& shape, const SequenceLayout& seqs, Index block,
+                                        const TileGeometry& tile) {
   DensePlan plan;
+  plan.tile = tile;
   plan.group = 1;
   plan.kv_groups = shape.heads.out_heads();
   plan.groups_per_item = 1;
   plan.item_groups = plan.kv_groups;
-  plan.kv_block = Tile::pad_cols(block);
+  plan.kv_block = tile.pad_cols(block);
   plan.q_chunk = block;
-  plan.group_rows = Tile::pad_rows(std::min(block, std::max<Index>(seqs.max_q_len(), 1)));
+  plan.group_rows = tile.pad_rows(std::min(block, std::max<Index>(seqs.max_q_len(), 1)));
   plan.rows = plan.group_rows;
   plan.chunks = (seqs.max_q_len() + block - 1) / block;
   plan.split_keys = std::max<Index>(seqs.max_kv_len(), 1);
   plan.splits = 1;
   plan.items = seqs.count() * plan.item_groups * plan.chunks;
-  set_plan_bytes<V>(plan, shape);
+  set_plan_bytes(plan, shape);
   return plan;
 }
 
@@ -157,7 +157,7 @@ void run_block_sparse(const Backend& backend, const View<const float, 4>& q, con
                       const View<const float, 4>& v, const BlockMask& mask, const View<float, 4>& out,
                       const AttentionShape& shape, Index block, bool causal, float scale, void* workspace) {
   const SequenceLayout seqs = SequenceLayout::padded(shape, {});
-  const DensePlan plan = make_block_sparse_plan<V>(shape, seqs, block);
+  const DensePlan plan = make_block_sparse_plan(shape, seqs, block, RegisterTile<V>::geometry);
   if (plan.items == 0) return;
   // Every row writes its output (zeros when it sees no listed key), so out needs no clearing.
   auto launch = [&](auto mask_policy) {
@@ -174,7 +174,8 @@ void run_block_sparse(const Backend& backend, const View<const float, 4>& q, con
 
 template <class V>
 std::size_t block_sparse_workspace(const AttentionShape& shape, Index block, int threads) {
-  const DensePlan plan = make_block_sparse_plan<V>(shape, SequenceLayout::padded(shape, {}), block);
+  const DensePlan plan =
+      make_block_sparse_plan(shape, SequenceLayout::padded(shape, {}), block, RegisterTile<V>::geometry);
   return plan.items == 0 ? 0 : plan.scratch_bytes * static_cast<std::size_t>(threads);
 }
 
