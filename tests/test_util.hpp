@@ -14,7 +14,25 @@
 
 namespace attnkit::test {
 
-using Backends = std::tuple<Scalar, Simd<>, OpenMP<>>;
+// The ISA axis: every register tile geometry a supported x86 ISA uses runs on any host. SSE2
+// natively; AVX2 (6 x 16 tiles) natively where the build targets it, else emulated with two SSE2
+// vectors; AVX-512 (12 x 32 tiles) natively where the build targets it, else emulated with two
+// AVX2 (or four SSE2) vectors. isa_test.cpp prints what this list ran on the host.
+using Sse2 = Simd<xsimd::sse2>;
+#if XSIMD_WITH_FMA3_AVX2
+using Avx2Geometry = Simd<xsimd::fma3<xsimd::avx2>>;
+#else
+using Avx2Geometry = Simd<Emulated<xsimd::sse2, 2>>;
+#endif
+#if XSIMD_WITH_AVX512BW
+using Avx512Geometry = Simd<xsimd::avx512bw>;
+#elif XSIMD_WITH_FMA3_AVX2
+using Avx512Geometry = Simd<Emulated<xsimd::fma3<xsimd::avx2>, 2>>;
+#else
+using Avx512Geometry = Simd<Emulated<xsimd::sse2, 4>>;
+#endif
+using IsaBackends = std::tuple<Sse2, Avx2Geometry, Avx512Geometry>;
+using Backends = std::tuple<Scalar, Sse2, Avx2Geometry, Avx512Geometry, OpenMP<>>;
 
 inline std::vector<float> uniform(std::size_t n, std::uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937 rng(seed);

@@ -3,6 +3,7 @@
 
 #include "attnkit/attention.hpp"
 #include "attnkit/backend/backend.hpp"
+#include "attnkit/backend/cpu.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/shape.hpp"

@@ -1,6 +1,7 @@
 // Backend policies: how a kernel's loops run. They know nothing of attention.
 //   Scalar             plain loops on float, one thread: the portable floor and a debugging aid.
-//   Simd<Arch>         xsimd batches of Arch (default: the best the compiler targets), one thread.
+//   Simd<Arch>         xsimd batches of Arch (default: the best the compiler targets), one thread;
+//                      Simd<Emulated<Arch, N>> runs the tile geometry of an N times wider ISA.
 //   OpenMP<Inner>      independent work items over OpenMP threads, each running Inner's loops;
 //                      thread count from the OpenMP runtime unless `threads` is set.
 // Each policy gives name(), threads(), parallel_for(items, f) calling f(item, thread_slot), and
@@ -10,6 +11,7 @@
 #include <string>
 #include <xsimd/xsimd.hpp>
 
+#include "attnkit/backend/wide.hpp"
 #include "attnkit/core/view.hpp"
 
 #if defined(_OPENMP)
@@ -28,9 +30,27 @@ struct Scalar {
   }
 };
 
+// The ISA of N vectors of Arch taken as one (backend/wide.hpp): Simd<Emulated<avx2, 2>> runs the
+// AVX-512 tile geometry with AVX2 instructions, so it can be tested on a host without AVX-512.
+template <class Arch, int N>
+struct Emulated {
+  static std::string name() { return std::string(Arch::name()) + "x" + std::to_string(N); }
+};
+
+namespace detail {
+template <class Arch>
+struct SimdVector {
+  using type = xsimd::batch<float, Arch>;
+};
+template <class Arch, int N>
+struct SimdVector<Emulated<Arch, N>> {
+  using type = Wide<xsimd::batch<float, Arch>, N>;
+};
+}  // namespace detail
+
 template <class Arch = xsimd::default_arch>
 struct Simd {
-  using vector_type = xsimd::batch<float, Arch>;
+  using vector_type = typename detail::SimdVector<Arch>::type;
   static std::string name() { return std::string("simd-") + Arch::name(); }
   int threads() const { return 1; }
   template <class F>

@@ -1,7 +1,8 @@
 // Vector primitives over the backends' vector types, so one kernel template serves Scalar (V =
-// float, plain loops) and Simd (V = xsimd::batch<float, Arch>). VecOps<V> gives width, register
-// count, load / store / broadcast / fma / max, horizontal sum and max, and the lanes that are > 0
-// as bits. exp lives in exp.hpp.
+// float, plain loops), Simd (V = xsimd::batch<float, Arch>) and emulated wide vectors (wide.hpp).
+// VecOps<V> gives width, register count, load / store / broadcast / fma / max / min, log1p, a
+// select on x > threshold, horizontal sum and max, and the lanes that are > 0 as bits. Kernels use
+// these (and V's arithmetic operators) only, never xsimd directly. exp lives in exp.hpp.
 #pragma once
 
 #include <algorithm>
@@ -15,10 +16,14 @@ namespace attnkit {
 template <class V>
 struct VecOps;
 
+// Vector registers of the x86 ISA whose vectors hold `width` floats: AVX-512 has 32, the SSE and
+// AVX families 16 (and a scalar tile may use 16 FP registers).
+constexpr int registers_for_width(int width) { return width >= 16 ? 32 : 16; }
+
 template <>
 struct VecOps<float> {
   static constexpr int width = 1;
-  static constexpr int registers = 16;  // general-purpose scalar FP registers a tile may use
+  static constexpr int registers = registers_for_width(width);
   static float load(const float* p) { return *p; }
   static void store(float* p, float x) { *p = x; }
   static float broadcast(float x) { return x; }
@@ -27,6 +32,11 @@ struct VecOps<float> {
   // inlines it, and results would differ in the last bit between code paths.
   static float fma(float a, float b, float c) { return std::fma(a, b, c); }
   static float max(float a, float b) { return std::max(a, b); }
+  static float min(float a, float b) { return std::min(a, b); }
+  static float log1p(float x) { return std::log1p(x); }
+  static float greater_select(float x, float threshold, float if_greater, float otherwise) {
+    return x > threshold ? if_greater : otherwise;
+  }
   static float sum(float x) { return x; }
   static float reduce_max(float x) { return x; }
   static std::uint32_t positive_lanes(float x) { return x > 0.0f ? 1u : 0u; }
@@ -36,14 +46,18 @@ template <class Arch>
 struct VecOps<xsimd::batch<float, Arch>> {
   using V = xsimd::batch<float, Arch>;
   static constexpr int width = static_cast<int>(V::size);
-  // AVX-512 has 32 vector registers; the SSE / AVX families have 16.
-  static constexpr int registers = width >= 16 ? 32 : 16;
+  static constexpr int registers = registers_for_width(width);
   static V load(const float* p) { return V::load_unaligned(p); }
   static void store(float* p, const V& x) { x.store_unaligned(p); }
   static V broadcast(float x) { return V(x); }
   static V zero() { return V(0.0f); }
   static V fma(const V& a, const V& b, const V& c) { return xsimd::fma(a, b, c); }
   static V max(const V& a, const V& b) { return xsimd::max(a, b); }
+  static V min(const V& a, const V& b) { return xsimd::min(a, b); }
+  static V log1p(const V& x) { return xsimd::log1p(x); }
+  static V greater_select(const V& x, float threshold, const V& if_greater, const V& otherwise) {
+    return xsimd::select(x > V(threshold), if_greater, otherwise);
+  }
   static float sum(const V& x) { return xsimd::hadd(x); }
   static float reduce_max(const V& x) {
     alignas(64) float lanes[width];

@@ -31,14 +31,16 @@
 namespace attnkit {
 
 // phi(x) = elu(x) + 1 elementwise: x + 1 for x > 0, exp(x) otherwise; always > 0.
-// A feature map policy gives apply(x) for T = float, double and xsimd::batch<float, Arch>.
+// A feature map policy gives apply(x) for T = float, double and every backend vector type
+// (through VecOps<T>).
 struct EluPlusOne {
   template <class T>
   static T apply(const T& x) {
     if constexpr (std::is_floating_point_v<T>) {
       return x > T(0) ? x + T(1) : std::exp(x);
     } else {
-      return xsimd::select(x > T(0.0f), x + T(1.0f), exp_approx(xsimd::min(x, T(0.0f))));
+      using Ops = VecOps<T>;
+      return Ops::greater_select(x, 0.0f, x + T(1.0f), exp_approx(Ops::min(x, T(0.0f))));
     }
   }
 };

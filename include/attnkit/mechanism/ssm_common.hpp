@@ -1,6 +1,6 @@
 // Pieces shared by the state-space mechanisms (mechanism/mamba.hpp, mechanism/mamba2.hpp):
 // argument checks for views whose feature axis may be strided (Mamba's (batch, d_inner, L)
-// layout), and the softplus / silu activations on the backends' vector types.
+// layout), and the softplus / silu activations on every backend vector type.
 // Not here: the scans themselves.
 #pragma once
 
@@ -8,9 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
-#include <xsimd/xsimd.hpp>
 
 #include "attnkit/backend/exp.hpp"
+#include "attnkit/backend/vec.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
@@ -66,18 +66,17 @@ inline void check_cu_seqlens(std::span<const std::int32_t> cu, Index tokens, con
 // softplus(x) = log(1 + e^x), and x itself above 20 (PyTorch's threshold, as in Mamba).
 inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
 
-template <class Arch>
-xsimd::batch<float, Arch> softplus(const xsimd::batch<float, Arch>& x) {
-  using V = xsimd::batch<float, Arch>;
-  return xsimd::select(x > V(20.0f), x, xsimd::log1p(exp_approx(xsimd::min(x, V(20.0f)))));
+template <class V>
+V softplus(const V& x) {
+  using Ops = VecOps<V>;
+  return Ops::greater_select(x, 20.0f, x, Ops::log1p(exp_approx(Ops::min(x, V(20.0f)))));
 }
 
 // silu(x) = x / (1 + e^-x).
 inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
-template <class Arch>
-xsimd::batch<float, Arch> silu(const xsimd::batch<float, Arch>& x) {
-  using V = xsimd::batch<float, Arch>;
+template <class V>
+V silu(const V& x) {
   return x / (V(1.0f) + exp_approx(-x));
 }
 
