@@ -1,17 +1,16 @@
 // The seeded generator of Performer's projection W (features x head_dim): Gaussian orthogonal
 // random features (Choromanski et al. 2021, google-research performer create_projection_matrix).
 // Rows come in blocks of head_dim orthonormal rows, each block the Q factor of the QR
-// decomposition (Eigen::HouseholderQR) of a head_dim x head_dim Gaussian matrix, transposed; a
-// last partial block keeps its first rows. Rows are then scaled to chi-distributed norms (the
-// norms of fresh Gaussian head_dim-vectors: each row is marginally Gaussian) or all to
-// sqrt(head_dim). One difference to the JAX code: Q's columns are multiplied by the signs of R's
-// diagonal, which makes Q Haar-distributed (a raw Householder Q is not).
+// decomposition (householder_q, orthogonal.hpp) of a head_dim x head_dim Gaussian matrix,
+// transposed; a last partial block keeps its first rows. Rows are then scaled to chi-distributed
+// norms (the norms of fresh Gaussian head_dim-vectors: each row is marginally Gaussian) or all to
+// sqrt(head_dim). One difference to the JAX code: Q is the one with diag(R) >= 0 (a raw Householder
+// Q times the signs of R's diagonal), which makes Q Haar-distributed (a raw Householder Q is not).
 // Gaussians come from Box-Muller over std::mt19937_64, so a seed gives the same W on every
 // platform. Not here: the attention kernel (performer.hpp).
 #pragma once
 
-#include <Eigen/Core>
-#include <Eigen/QR>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -19,6 +18,7 @@
 
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/view.hpp"
+#include "attnkit/mechanism/orthogonal.hpp"
 
 namespace attnkit {
 
@@ -72,18 +72,13 @@ inline RandomProjection gaussian_orthogonal_features(Index features, Index head_
   ATTNKIT_CHECK(head_dim >= 1, "head_dim: ", head_dim, ", expected >= 1");
   detail::GaussianSource gaussian(seed);
   RandomProjection w{features, head_dim, std::vector<float>(static_cast<std::size_t>(features * head_dim))};
-  Eigen::MatrixXd block(head_dim, head_dim);
+  std::vector<double> block(static_cast<std::size_t>(head_dim * head_dim));  // (head_dim, head_dim)
   for (Index first = 0; first < features; first += head_dim) {
-    for (Index i = 0; i < head_dim; ++i)
-      for (Index j = 0; j < head_dim; ++j) block(i, j) = gaussian();
-    const Eigen::HouseholderQR<Eigen::MatrixXd> qr(block);
-    Eigen::MatrixXd q = qr.householderQ();  // (head_dim, head_dim), orthonormal columns
-    const Eigen::MatrixXd& r = qr.matrixQR();
-    for (Index j = 0; j < head_dim; ++j)
-      if (r(j, j) < 0) q.col(j) = -q.col(j);
+    for (double& g : block) g = gaussian();
+    const std::vector<double> q = householder_q(block, head_dim);  // (head_dim, head_dim), orthonormal columns
     const Index rows = std::min(head_dim, features - first);
     for (Index i = 0; i < rows; ++i)
-      for (Index j = 0; j < head_dim; ++j) w.data[(first + i) * head_dim + j] = static_cast<float>(q(j, i));
+      for (Index j = 0; j < head_dim; ++j) w.data[(first + i) * head_dim + j] = static_cast<float>(q[j * head_dim + i]);
   }
   for (Index i = 0; i < features; ++i) {
     double norm = std::sqrt(static_cast<double>(head_dim));
