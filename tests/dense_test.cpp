@@ -81,9 +81,8 @@ std::vector<float> check_dense(const DenseCase& c, Backend backend = {}) {
   return ak::test::flatten(out.view);
 }
 
-}  // namespace
-
-TEMPLATE_LIST_TEST_CASE("dense matches the reference on random shapes", "[dense]", ak::test::Backends) {
+template <class Backend>
+void check_random_shapes(const Backend& backend = {}) {
   std::mt19937 rng(2024);
   const std::array<std::pair<Index, Index>, 7> head_maps{{{1, 1}, {2, 1}, {4, 2}, {3, 3}, {2, 4}, {8, 2}, {1, 3}}};
   const std::array<Index, 6> dims{1, 5, 16, 33, 64, 72};
@@ -98,53 +97,103 @@ TEMPLATE_LIST_TEST_CASE("dense matches the reference on random shapes", "[dense]
     c.causal = rng() % 2;
     c.layout = static_cast<Layout>(rng() % 3);
     c.seed = 100 + trial;
-    check_dense<TestType>(c);
+    check_dense<Backend>(c, backend);
   }
 }
 
-TEMPLATE_LIST_TEST_CASE("dense edge cases", "[dense]", ak::test::Backends) {
-  SECTION("length one") { check_dense<TestType>({.q_len = 1, .kv_len = 1, .head_dim = 7}); }
-  SECTION("lengths and dims off every block and vector width") {
-    check_dense<TestType>({.q_len = 37, .kv_len = 515, .q_heads = 2, .head_dim = 13, .v_dim = 19});
-    check_dense<TestType>({.q_len = 301, .kv_len = 301, .head_dim = 24, .causal = true});
+template <class Backend>
+void check_edge_cases(const Backend& backend = {}) {
+  INFO("length one");
+  check_dense<Backend>({.q_len = 1, .kv_len = 1, .head_dim = 7}, backend);
+  INFO("lengths and dims off every block and vector width");
+  check_dense<Backend>({.q_len = 37, .kv_len = 515, .q_heads = 2, .head_dim = 13, .v_dim = 19}, backend);
+  check_dense<Backend>({.q_len = 301, .kv_len = 301, .head_dim = 24, .causal = true}, backend);
+  for (const auto& [what, c] : ak::test::attention_edge_cases<DenseCase>()) {
+    INFO(what);
+    check_dense<Backend>(c, backend);
   }
-  SECTION("the shared attention edge cases") {
-    for (const auto& [what, c] : ak::test::attention_edge_cases<DenseCase>()) {
-      INFO(what);
-      check_dense<TestType>(c);
-    }
-  }
-  SECTION("large logits (scores around 1e4)") {
-    check_dense<TestType>({.q_len = 40, .kv_len = 90, .head_dim = 16, .lo = -30.0f, .hi = 30.0f});
-    check_dense<TestType>({.q_len = 40, .kv_len = 90, .head_dim = 16, .causal = true, .lo = -30.0f, .hi = 30.0f});
-  }
-  SECTION("key splits for decode, with GQA and a causal tail") {
-    check_dense<TestType>({.q_len = 1, .kv_len = 5000, .q_heads = 8, .kv_heads = 2, .head_dim = 32});
-    check_dense<TestType>(
-        {.batch = 2, .q_len = 3, .kv_len = 4200, .q_heads = 4, .kv_heads = 2, .head_dim = 16, .causal = true});
-  }
+  INFO("large logits (scores around 1e4)");
+  check_dense<Backend>({.q_len = 40, .kv_len = 90, .head_dim = 16, .lo = -30.0f, .hi = 30.0f}, backend);
+  check_dense<Backend>({.q_len = 40, .kv_len = 90, .head_dim = 16, .causal = true, .lo = -30.0f, .hi = 30.0f}, backend);
+  INFO("key splits for decode, with GQA and a causal tail");
+  check_dense<Backend>({.q_len = 1, .kv_len = 5000, .q_heads = 8, .kv_heads = 2, .head_dim = 32}, backend);
+  check_dense<Backend>(
+      {.batch = 2, .q_len = 3, .kv_len = 4200, .q_heads = 4, .kv_heads = 2, .head_dim = 16, .causal = true}, backend);
 }
 
-TEMPLATE_LIST_TEST_CASE("dense decode for every group size (rows per kv head 1 to 9)", "[dense]", ak::test::Backends) {
-  // Up to one register tile of rows per kv head reads K / V in place, more packs them; both split
-  // the keys past 4096.
+// Rows per kv head 1 to 13 (q_len x group): up to one register tile of rows (12 on AVX-512, 6 on
+// AVX2 / SSE2, 4 scalar) reads K / V in place, more packs them; long keys split.
+template <class Backend>
+void check_rows_per_kv_head(const Backend& backend = {}) {
   for (Index group = 1; group <= 9; ++group) {
-    check_dense<TestType>({.q_len = 1,
-                           .kv_len = 300,
-                           .q_heads = 2 * group,
-                           .kv_heads = 2,
-                           .head_dim = 20,
-                           .causal = true,
-                           .seed = std::uint32_t(group)});
-    check_dense<TestType>({.batch = 2,
-                           .q_len = 1,
-                           .kv_len = 4500,
-                           .q_heads = 3 * group,
-                           .kv_heads = 3,
-                           .head_dim = 12,
-                           .layout = Layout::kBhsd,
-                           .seed = std::uint32_t(50 + group)});
+    check_dense<Backend>({.q_len = 1,
+                          .kv_len = 300,
+                          .q_heads = 2 * group,
+                          .kv_heads = 2,
+                          .head_dim = 20,
+                          .causal = true,
+                          .seed = std::uint32_t(group)},
+                         backend);
+    check_dense<Backend>({.batch = 2,
+                          .q_len = 1,
+                          .kv_len = 4500,
+                          .q_heads = 3 * group,
+                          .kv_heads = 3,
+                          .head_dim = 12,
+                          .layout = Layout::kBhsd,
+                          .seed = std::uint32_t(50 + group)},
+                         backend);
   }
+  // MHA and GQA prefill-like shapes with 2..13 rows per kv head: q_len rows of one head, or
+  // q_len x 4 rows of a 4:1 group.
+  for (Index q_len = 2; q_len <= 13; ++q_len) {
+    INFO("q_len " << q_len);
+    check_dense<Backend>({.q_len = q_len, .kv_len = q_len, .head_dim = 8, .seed = std::uint32_t(200 + q_len)}, backend);
+    check_dense<Backend>({.q_len = (q_len + 3) / 4,
+                          .kv_len = 70 + q_len,
+                          .q_heads = 8,
+                          .kv_heads = 2,
+                          .head_dim = 40,
+                          .causal = q_len % 2 == 0,
+                          .seed = std::uint32_t(300 + q_len)},
+                         backend);
+  }
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("dense matches the reference on random shapes", "[dense]", ak::test::Backends) {
+  check_random_shapes<TestType>();
+}
+
+TEMPLATE_LIST_TEST_CASE("dense edge cases", "[dense]", ak::test::Backends) { check_edge_cases<TestType>(); }
+
+TEMPLATE_LIST_TEST_CASE("dense for 1 to 13 rows per kv head (decode, GQA groups, short prefill)", "[dense]",
+                        ak::test::Backends) {
+  check_rows_per_kv_head<TestType>();
+}
+
+TEST_CASE("dense through every compiled ISA variant this CPU runs (runtime dispatch)", "[dense][isa]") {
+  if (!ak::is_dispatched<ak::OpenMP<>>) {
+    WARN("built without ATTNKIT_DISPATCH: OpenMP<> runs the compile-time ISA, already covered");
+    return;
+  }
+  for (ak::Isa isa : {ak::Isa::sse2, ak::Isa::avx2, ak::Isa::avx512}) {
+    const ak::OpenMP<> backend{.inner = {.isa = isa}};
+    if (isa > ak::cpu_isa()) {
+      std::printf("dense dispatch: %s variant not run (the CPU lacks it)\n", ak::isa_name(isa));
+      CHECK_THROWS_WITH(ak::Attention<ak::Dense>({}, backend).name(), Catch::Contains("this CPU runs at most"));
+      continue;
+    }
+    const std::string name = ak::Attention<ak::Dense>({}, backend).name();
+    std::printf("dense dispatch: running %s\n", name.c_str());
+    CHECK(name == std::string("dense/openmp-simd-") + ak::isa_name(isa));
+    INFO(name);
+    check_random_shapes(backend);
+    check_edge_cases(backend);
+    check_rows_per_kv_head(backend);
+  }
+  CHECK(ak::Attention<ak::Dense>().name() == std::string("dense/openmp-simd-") + ak::isa_name(ak::default_isa()));
 }
 
 TEMPLATE_LIST_TEST_CASE("dense on packed variable-length sequences", "[dense]", ak::test::Backends) {

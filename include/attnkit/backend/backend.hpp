@@ -2,8 +2,10 @@
 //   Scalar             plain loops on float, one thread: the portable floor and a debugging aid.
 //   Simd<Arch>         xsimd batches of Arch (default: the best the compiler targets), one thread;
 //                      Simd<Emulated<Arch, N>> runs the tile geometry of an N times wider ISA.
+//   SimdDispatch       one thread, the ISA variant chosen at run time (backend/dispatch.hpp).
 //   OpenMP<Inner>      independent work items over OpenMP threads, each running Inner's loops;
-//                      thread count from the OpenMP runtime unless `threads` is set.
+//                      thread count from the OpenMP runtime unless `num_threads` is set.
+//                      OpenMP<> runs SimdDispatch: the running CPU's best kernels.
 // Each policy gives name(), threads(), parallel_for(items, f) calling f(item, thread_slot), and
 // its vector type through vector_t<Backend>.
 #pragma once
@@ -11,6 +13,7 @@
 #include <string>
 #include <xsimd/xsimd.hpp>
 
+#include "attnkit/backend/dispatch.hpp"
 #include "attnkit/backend/wide.hpp"
 #include "attnkit/core/view.hpp"
 
@@ -59,10 +62,11 @@ struct Simd {
   }
 };
 
-template <class Inner = Simd<>>
+template <class Inner = SimdDispatch>
 struct OpenMP {
   using vector_type = typename Inner::vector_type;
   int num_threads = 0;  // 0: the OpenMP runtime's default (OMP_NUM_THREADS)
+  Inner inner{};        // what each thread runs (SimdDispatch: which ISA variant)
 
   static std::string name() { return "openmp-" + Inner::name(); }
   int threads() const {
@@ -88,7 +92,22 @@ struct OpenMP {
 template <class Backend>
 using vector_t = typename Backend::vector_type;
 
-// The fastest backend the compiler allows.
+// Whether a backend's kernels are picked at run time (SimdDispatch inside, compiled variants
+// linked), and its inner SimdDispatch.
+template <class Backend>
+inline constexpr bool is_dispatched = false;
+template <>
+inline constexpr bool is_dispatched<SimdDispatch> = SimdDispatch::dispatched;
+template <class Inner>
+inline constexpr bool is_dispatched<OpenMP<Inner>> = is_dispatched<Inner>;
+
+inline const SimdDispatch& dispatch_of(const SimdDispatch& backend) { return backend; }
+template <class Inner>
+const SimdDispatch& dispatch_of(const OpenMP<Inner>& backend) {
+  return dispatch_of(backend.inner);
+}
+
+// The fastest backend: every thread, the CPU's best ISA variant.
 using DefaultBackend = OpenMP<>;
 
 }  // namespace attnkit

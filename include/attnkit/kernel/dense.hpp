@@ -4,7 +4,8 @@
 //   DenseKernel       runs the plan's work items: key blocks packed once per item (or read in place
 //                     for a few rows per kv head) and streamed through the register-tiled
 //                     micro-kernels with an online softmax; key splits merged by log-sum-exp.
-//   run_dense_kernel  launches a kernel over a backend's threads.
+//   DenseLaunch       one call's views, shape, plan and workspace (the same for every ISA variant);
+//   run_dense_kernel  runs it with a vector type over a backend's threads.
 // The mask policy (tile/mask.hpp) gives each row's visible keys; a Blocks policy the key blocks an
 // item visits. Not here: options and validation (mechanism/dense.hpp), the tile pieces (tile/).
 #pragma once
@@ -330,5 +331,30 @@ class DenseKernel {
   float* partial_acc_ = nullptr;
   tile::SoftmaxRow* partial_rows_ = nullptr;
 };
+
+// Everything one launch of the kernel takes besides its vector type and policies: plain views and
+// values, the same for every ISA variant (it crosses into the compiled variants unchanged).
+struct DenseLaunch {
+  View<const float, 4> q, k, v;
+  View<float, 4> out;
+  View<float, 3> lse;  // empty: none
+  AttentionShape shape;
+  SequenceLayout seqs;
+  DensePlan plan;
+  float scale = 1.0f;
+  void* workspace = nullptr;  // the plan's workspace for `threads` threads
+};
+
+// Runs a launch with vector type V over the backend's threads: the items, then (with key splits)
+// the merge.
+template <class V, class Backend, class Mask, class Blocks = AllKeyBlocks>
+void run_dense_kernel(const Backend& backend, const DenseLaunch& call, Mask mask, Blocks blocks = {}) {
+  if (call.plan.items == 0) return;
+  const DenseKernel<V, Mask, Blocks> kernel(call.q, call.k, call.v, call.out, call.lse, call.shape, call.seqs,
+                                            call.plan, call.scale, call.workspace, backend.threads(), mask, blocks);
+  backend.parallel_for(call.plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+  if (call.plan.splits > 1)
+    backend.parallel_for(kernel.merge_items(), [&](Index item, int) { kernel.merge_item(item); });
+}
 
 }  // namespace attnkit::detail

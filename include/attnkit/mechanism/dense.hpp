@@ -30,6 +30,7 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/kernel/dense.hpp"
+#include "attnkit/kernel/dense_dispatch.hpp"
 #include "attnkit/tile/mask.hpp"
 #include "attnkit/tile/tile_shape.hpp"
 
@@ -74,8 +75,6 @@ View<T, 4> as_batch_of_one(const View<T, 3>& x) {
 
 template <class Backend>
 class Attention<Dense, Backend> {
-  using V = vector_t<Backend>;
-
  public:
   using Options = Dense::Options;
   using Args = Dense::Args;
@@ -88,7 +87,7 @@ class Attention<Dense, Backend> {
                   ", expected >= 0 or -1 (unbounded)");
   }
 
-  std::string name() const { return "dense/" + Backend::name(); }
+  std::string name() const { return "dense/" + detail::dense_backend_name(backend_); }
   const Options& options() const { return options_; }
 
   // Padded inputs: q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) -> out (B, Lq, Ho, Dv).
@@ -101,7 +100,7 @@ class Attention<Dense, Backend> {
                               const View<const float, 4>& v, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     return workspace_of(
-        detail::make_dense_plan(shape, SequenceLayout::padded(shape, args.lengths), RegisterTile<V>::geometry));
+        detail::make_dense_plan(shape, SequenceLayout::padded(shape, args.lengths), detail::dense_geometry(backend_)));
   }
   void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
                   const View<float, 4>& out, const Args& args = {}) const {
@@ -122,7 +121,7 @@ class Attention<Dense, Backend> {
   std::size_t workspace_bytes(const View<const float, 3>& q, const View<const float, 3>& k,
                               const View<const float, 3>& v, const CuSeqlens& cu) const {
     const auto [shape, seqs] = packed_shape(q, k, v, cu, nullptr);
-    return workspace_of(detail::make_dense_plan(shape, seqs, RegisterTile<V>::geometry));
+    return workspace_of(detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_)));
   }
   void operator()(const View<const float, 3>& q, const View<const float, 3>& k, const View<const float, 3>& v,
                   const View<float, 3>& out, const CuSeqlens& cu, const Args& args = {}) const {
@@ -199,19 +198,11 @@ class Attention<Dense, Backend> {
 
   void run(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
            const View<float, 4>& out, const Args& args, const AttentionShape& shape, const SequenceLayout& seqs) const {
-    const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, RegisterTile<V>::geometry);
+    const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_));
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
-    const float scale = scale_for(shape);
-    auto launch = [&](auto mask) {
-      using Mask = decltype(mask);
-      const detail::DenseKernel<V, Mask> kernel(q, k, v, out, args.lse, shape, seqs, plan, scale, workspace.data(),
-                                                backend_.threads(), mask);
-      backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
-      if (plan.splits > 1)
-        backend_.parallel_for(kernel.merge_items(), [&](Index item, int) { kernel.merge_item(item); });
-    };
-    with_mask(launch);
+    const detail::DenseLaunch launch{q, k, v, out, args.lse, shape, seqs, plan, scale_for(shape), workspace.data()};
+    with_mask([&](auto mask) { detail::run_dense(backend_, launch, mask); });
   }
 
   Options options_;
