@@ -59,8 +59,7 @@ struct DensePlan {
   Index items = 0;                // sequences * item_groups * chunks * splits
   Index acc_cols = 0;             // v_dim padded to whole value strips: the accumulator row length
   bool stream_keys = false;       // a kv head's rows fit one register tile: K / V rows read in place
-  std::size_t scratch_bytes = 0;  // per thread
-  std::size_t partial_bytes = 0;  // all split partials
+  std::size_t scratch_bytes = 0;  // per thread (DenseScratch)
 };
 
 // Keys per block when K / V rows are read in place (decode): small enough that the next block
@@ -132,9 +131,32 @@ inline void set_plan_bytes(DensePlan& plan, const AttentionShape& shape) {
   Arena measure = Arena::measuring();
   DenseScratch::carve(measure, plan, shape);
   plan.scratch_bytes = measure.used();
-  if (plan.splits > 1)
-    plan.partial_bytes = array_bytes<float>(plan.items * plan.rows * plan.acc_cols) +
-                         array_bytes<tile::SoftmaxRow>(plan.items * plan.rows);
+}
+
+// The whole workspace of a call: every thread's scratch, then (with key splits) every item's
+// unnormalised partial result. carve() is its only layout, as for DenseScratch.
+struct DenseWorkspace {
+  std::byte* scratch = nullptr;              // (slots, scratch_bytes)
+  float* partial_acc = nullptr;              // (items, rows, acc_cols)
+  tile::SoftmaxRow* partial_rows = nullptr;  // (items, rows)
+
+  static DenseWorkspace carve(Arena& arena, const DensePlan& plan, int slots) {
+    DenseWorkspace w;
+    w.scratch = arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(slots));
+    if (plan.splits > 1) {
+      w.partial_acc = arena.take<float>(plan.items * plan.rows * plan.acc_cols);
+      w.partial_rows = arena.take<tile::SoftmaxRow>(plan.items * plan.rows);
+    }
+    return w;
+  }
+};
+
+// Bytes of the workspace for `slots` threads (0 when there is no work).
+inline std::size_t dense_workspace_bytes(const DensePlan& plan, int slots) {
+  if (plan.items == 0) return 0;
+  Arena measure = Arena::measuring();
+  DenseWorkspace::carve(measure, plan, slots);
+  return measure.used();
 }
 
 // The fused kernel for one call. Work items are (sequence, kv heads, query chunk, key split);
@@ -160,14 +182,13 @@ class DenseKernel {
         scale_(scale),
         mask_(mask),
         blocks_(blocks),
-        arena_(workspace, plan.scratch_bytes * slots + plan.partial_bytes) {
+        arena_(workspace, dense_workspace_bytes(plan, slots)) {
     ATTNKIT_CHECK(plan.tile == Tile::geometry, "dense kernel: plan made for a ", plan.tile.mr, " x ", plan.tile.cols(),
                   " tile, kernel runs ", Tile::mr, " x ", Tile::cols, " (internal error)");
-    scratch_ = arena_.take<std::byte>(plan.scratch_bytes * slots);
-    if (plan.splits > 1) {
-      partial_acc_ = arena_.take<float>(plan.items * plan.rows * plan.acc_cols);
-      partial_rows_ = arena_.take<tile::SoftmaxRow>(plan.items * plan.rows);
-    }
+    const DenseWorkspace carved = DenseWorkspace::carve(arena_, plan, slots);
+    scratch_ = carved.scratch;
+    partial_acc_ = carved.partial_acc;
+    partial_rows_ = carved.partial_rows;
   }
 
   // Item order puts the last query chunks (the longest under a causal mask) first.

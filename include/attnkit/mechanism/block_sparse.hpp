@@ -176,7 +176,7 @@ template <class V>
 std::size_t block_sparse_workspace(const AttentionShape& shape, Index block, int threads) {
   const DensePlan plan =
       make_block_sparse_plan(shape, SequenceLayout::padded(shape, {}), block, RegisterTile<V>::geometry);
-  return plan.items == 0 ? 0 : plan.scratch_bytes * static_cast<std::size_t>(threads);
+  return dense_workspace_bytes(plan, threads);
 }
 
 // FLOPs and bytes of a block-sparse call: the visible (query, key) pairs of the listed blocks.

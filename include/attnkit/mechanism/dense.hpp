@@ -192,8 +192,7 @@ class Attention<Dense, Backend> {
   }
 
   std::size_t workspace_of(const detail::DensePlan& plan) const {
-    if (plan.items == 0) return 0;
-    return plan.scratch_bytes * static_cast<std::size_t>(backend_.threads()) + plan.partial_bytes;
+    return detail::dense_workspace_bytes(plan, backend_.threads());
   }
 
   void run(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
