@@ -199,7 +199,7 @@ int main(int argc, char** argv) {
   Eigen::setNbThreads(1);  // the calibration runs once per case, outside the timed loops
   std::vector<Case> cases;
   return ak::bench::bench_main(
-      argc, argv,
+      argc, argv, ak::OpenMP<>::name(),
       [&](bool full) {
         for (bool causal : {false, true}) {
           for (Index n = 1024; n <= 32768; n *= 2) cases.push_back({n, causal});

@@ -166,7 +166,7 @@ void print_error_curve(Index n) {
 int main(int argc, char** argv) {
   std::vector<Case> cases;
   return ak::bench::bench_main(
-      argc, argv,
+      argc, argv, ak::OpenMP<>::name(),
       [&](bool full) {
         const Index largest = full ? 16384 : 4096;
         for (bool causal : {false, true})

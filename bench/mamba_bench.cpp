@@ -228,7 +228,7 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
 
 int main(int argc, char** argv) {
   return ak::bench::bench_main(
-      argc, argv,
+      argc, argv, ak::OpenMP<>::name(),
       [&](bool full) {
         ak::bench::register_stream_triad(1);
         ak::bench::register_stream_triad(2);

@@ -142,31 +142,21 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--full") == 0)
-      full = true;
-    else
-      args.push_back(argv[i]);
-  }
-  int count = static_cast<int>(args.size());
-  bm::Initialize(&count, args.data());
-
-  std::vector<Index> sizes{1024, 2048, 4096, 8192};
-  if (full) sizes = {1024, 2048, 4096, 8192, 16384, 32768};
-  std::vector<bool> masks{false};
-  if (full) masks.push_back(true);
-  for (bool causal : masks)
-    for (Index n : sizes) {
-      register_case<ak::Dense>("dense", n, causal, {.causal = causal});
-      register_case<ak::CombinerFixed>("combiner-fixed", n, causal, {.causal = causal});
-      register_case<ak::CombinerLogsparse>("combiner-logsparse", n, causal, {.causal = causal});
-      register_case<ak::ProbSparse>("probsparse", n, causal, {.causal = causal});
-    }
-  ak::bench::CollectingReporter reporter;
-  bm::RunSpecifiedBenchmarks(&reporter);
-  print_table(reporter, sizes);
-  bm::Shutdown();
-  return 0;
+  std::vector<Index> sizes;
+  return ak::bench::bench_main(
+      argc, argv, ak::OpenMP<>::name(),
+      [&](bool full) {
+        sizes = {1024, 2048, 4096, 8192};
+        if (full) sizes = {1024, 2048, 4096, 8192, 16384, 32768};
+        std::vector<bool> masks{false};
+        if (full) masks.push_back(true);
+        for (bool causal : masks)
+          for (Index n : sizes) {
+            register_case<ak::Dense>("dense", n, causal, {.causal = causal});
+            register_case<ak::CombinerFixed>("combiner-fixed", n, causal, {.causal = causal});
+            register_case<ak::CombinerLogsparse>("combiner-logsparse", n, causal, {.causal = causal});
+            register_case<ak::ProbSparse>("probsparse", n, causal, {.causal = causal});
+          }
+      },
+      [&](const ak::bench::CollectingReporter& reporter) { print_table(reporter, sizes); });
 }

@@ -188,7 +188,7 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
 
 int main(int argc, char** argv) {
   return ak::bench::bench_main(
-      argc, argv,
+      argc, argv, ak::OpenMP<>::name(),
       [](bool full) {
         for (const Index n :
              full ? std::vector<Index>{2048, 4096, 8192, 16384, 32768} : std::vector<Index>{4096, 16384})
