@@ -157,12 +157,18 @@ const Expected& expected_once(const std::string& key, Make&& make) {
   return it->second;
 }
 
+// Indices [begin, end) of axis `axis` of a view.
+template <class T, int Rank>
+View<T, Rank> slice(const View<T, Rank>& x, int axis, Index begin, Index end) {
+  std::array<Index, Rank> extents = x.extents();
+  extents[axis] = end - begin;
+  return View<T, Rank>(x.data() + begin * x.stride(axis), extents, x.strides());
+}
+
 // Rows [begin, end) of a (batch, seq, head, dim) view.
 template <class T>
 View<T, 4> seq_rows(const View<T, 4>& x, Index begin, Index end) {
-  std::array<Index, 4> extents = x.extents();
-  extents[1] = end - begin;
-  return View<T, 4>(x.data() + begin * x.stride(1), extents, x.strides());
+  return slice(x, 1, begin, end);
 }
 
 // Expected output (batch 1, q_len, heads, dim), contiguous, of an attention-like case on the row
@@ -287,6 +293,10 @@ class CollectingReporter : public benchmark::ConsoleReporter {
   bool wrong(const std::string& name, const std::string& implementation) const {
     const auto row = wrong_.find(name);
     return row != wrong_.end() && row->second.contains(implementation);
+  }
+  // What a table shows in place of a figure of `implementation` on `name` that has none.
+  const char* absent(const std::string& name, const std::string& implementation) const {
+    return wrong(name, implementation) ? "WRONG" : "-";
   }
   // The cases that failed their check, case -> implementation -> message.
   const std::map<std::string, std::map<std::string, std::string>>& wrong_runs() const { return wrong_; }
