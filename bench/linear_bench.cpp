@@ -9,7 +9,6 @@
 // every head (report.hpp) and is WRONG, untimed, when it differs.
 // Other arguments go to Google Benchmark (e.g. --benchmark_filter=linear).
 #include <attnkit/attnkit.hpp>
-#include <attnkit/reference/linear.hpp>
 #include <attnkit/reference/performer.hpp>
 #include <cmath>
 #include <cstdio>
@@ -66,27 +65,22 @@ void set_counters(bm::State& state, const ak::Cost& cost, const std::string& cas
     state.counters["vs_dense"] = it->second / seconds;
 }
 
-// The first output of `impl` on case c checked against make() (computed once per case).
-template <class Make>
-bool check(bm::State& state, const Inputs& in, const std::string& impl, const Case& c, Make&& make) {
-  return ak::bench::check_output(state, in.out, ak::bench::expected_once(impl + " " + c.name(), make));
-}
-
 void register_case(const Case& c) {
   using Backend = ak::OpenMP<>;
   const Backend one_thread{.num_threads = 1};
-  bm::RegisterBenchmark(
-      ("dense/" + c.name()).c_str(),
-      [c, one_thread](bm::State& state) {
-        Inputs in(c.n, 1.0f);
-        ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, one_thread);
-        const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
-        attn(q, k, v, in.out_view());
-        if (!check(state, in, "dense", c, [&] { return ak::bench::expected_dense(q, k, v, c.causal); })) return;
-        const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
-        dense_seconds()[c.name()] = seconds;
-        set_counters(state, attn.cost(q, k, v), c.name(), 0);
-      })
+  bm::RegisterBenchmark(("dense/" + c.name()).c_str(),
+                        [c, one_thread](bm::State& state) {
+                          Inputs in(c.n, 1.0f);
+                          ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, one_thread);
+                          const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                          attn(q, k, v, in.out_view());
+                          if (!ak::bench::check_output(state, in.out, "dense/" + c.name(),
+                                                       [&] { return ak::bench::expected_dense(q, k, v, c.causal); }))
+                            return;
+                          const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
+                          dense_seconds()[c.name()] = seconds;
+                          set_counters(state, attn.cost(q, k, v), c.name(), 0);
+                        })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
   bm::RegisterBenchmark(("linear/" + c.name()).c_str(),
@@ -95,17 +89,8 @@ void register_case(const Case& c) {
                           ak::Attention<ak::Linear, Backend> attn(ak::Linear::Options{.causal = c.causal}, one_thread);
                           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
                           attn(q, k, v, in.out_view());
-                          // Causal rows see the keys up to their own: a row block needs no later key.
-                          if (!check(state, in, "linear", c, [&] {
-                                return ak::bench::expected_rows(
-                                    c.n, kHeads, kDim, ak::bench::spread(c.n, 16), [&](ak::bench::Range r, auto out) {
-                                      using Acc = typename decltype(out)::element_type;
-                                      const Index keys = c.causal ? r.end : c.n;
-                                      ak::reference::linear<Acc>(
-                                          ak::bench::seq_rows(q, r.begin, r.end), ak::bench::seq_rows(k, 0, keys),
-                                          ak::bench::seq_rows(v, 0, keys), out, {.causal = c.causal});
-                                    });
-                              }))
+                          if (!ak::bench::check_output(state, in.out, "linear/" + c.name(),
+                                                       [&] { return ak::bench::expected_linear(q, k, v, c.causal); }))
                             return;
                           const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                           set_counters(state, attn.cost(q, k, v), c.name(), seconds);
@@ -125,7 +110,7 @@ void register_case(const Case& c) {
         // causal, that is right for the last rows only.
         const std::vector<ak::bench::Range> rows =
             c.causal ? std::vector<ak::bench::Range>{{c.n - 48, c.n}} : ak::bench::spread(c.n, 16);
-        if (!check(state, in, "performer", c, [&] {
+        if (!ak::bench::check_output(state, in.out, "performer/" + c.name(), [&] {
               return ak::bench::expected_rows(c.n, kHeads, kDim, rows, [&](ak::bench::Range r, auto out) {
                 using Acc = typename decltype(out)::element_type;
                 ak::reference::performer<Acc>(ak::bench::seq_rows(q, r.begin, r.end), k, v, w.view(), out,
@@ -159,13 +144,10 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
       const auto *dense = find(c.name(), "dense"), *linear = find(c.name(), "linear"),
                  *performer = find(c.name(), "performer");
       if (dense == nullptr || linear == nullptr || performer == nullptr) {  // times where there are, no ratios
-        auto ms = [&](const ak::bench::Measured* m, const char* impl) {
-          char text[16];
-          std::snprintf(text, sizeof text, "%.2f", m != nullptr ? m->seconds * 1e3 : 0.0);
-          return std::string(m != nullptr ? text : reporter.absent(c.name(), impl));
-        };
-        std::printf("%-14s %9s %8s | %9s %8s %8s | %9s\n", c.name().c_str(), ms(dense, "dense").c_str(), "",
-                    ms(linear, "linear").c_str(), "", "", ms(performer, "performer").c_str());
+        std::printf("%-14s %9s %8s | %9s %8s %8s | %9s\n", c.name().c_str(),
+                    reporter.milliseconds(c.name(), "dense").c_str(), "",
+                    reporter.milliseconds(c.name(), "linear").c_str(), "", "",
+                    reporter.milliseconds(c.name(), "performer").c_str());
         continue;
       }
       const double linear_speedup = dense->seconds / linear->seconds,

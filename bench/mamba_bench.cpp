@@ -116,10 +116,10 @@ void register_mamba1(Index len, int threads) {
                                             .z = args.z,
                                             .delta_bias = args.delta_bias,
                                             .delta_softplus = true};
-        if (!ak::bench::check_output(state, out, ak::bench::expected_once("mamba1 L=" + std::to_string(len), [&] {
-                                       return expected_units(len, kDInner, 1, 16, "channels",
-                                                             [&](auto r, auto& o) { mamba_channels(in, r, o); });
-                                     })))
+        if (!ak::bench::check_output(state, out, "mamba1 L=" + std::to_string(len), [&] {
+              return expected_units(len, kDInner, 1, 16, "channels",
+                                    [&](auto r, auto& o) { mamba_channels(in, r, o); });
+            }))
           return;
         for (auto _ : state) scan(tok(u.data()), tok(delta.data()), a_view, bc(b.data()), bc(c.data()), out_view, args);
         set_common(state, scan.cost(tok(u.data()), tok(delta.data()), a_view, bc(b.data()), bc(c.data()), args), len);
@@ -176,10 +176,10 @@ void register_scalar_exp_scan(Index len) {
                                             .b = bc(b.data()),
                                             .c = bc(c.data()),
                                             .delta_softplus = true};
-        if (!ak::bench::check_output(state, out, ak::bench::expected_once("scalar-expf L=" + std::to_string(len), [&] {
-                                       return expected_units(len, kDInner, 1, 16, "channels",
-                                                             [&](auto r, auto& o) { mamba_channels(in, r, o); });
-                                     })))
+        if (!ak::bench::check_output(state, out, "scalar-expf L=" + std::to_string(len), [&] {
+              return expected_units(len, kDInner, 1, 16, "channels",
+                                    [&](auto r, auto& o) { mamba_channels(in, r, o); });
+            }))
           return;
         for (auto _ : state) scan(u.data(), delta.data(), a.data(), b.data(), c.data(), out.data());
         state.counters["tokens_per_s"] = bm::Counter(double(len), bm::Counter::kIsIterationInvariantRate);
@@ -211,23 +211,22 @@ void register_mamba2(Index len, int threads, ak::Mamba2::Form form) {
         ak::Attention<ak::Mamba2, ak::OpenMP<>> ssd({.chunk_size = 64, .dt_softplus = true, .form = form},
                                                     ak::OpenMP<>{threads});
         ssd(x_view, dt_view, a_view, b_view, c_view, out_view, args);
-        if (!ak::bench::check_output(
-                state, out, ak::bench::expected_once("mamba2 L=" + std::to_string(len), [&] {
-                  return expected_units(len, kHeads, kHeadDim, 2, "heads", [&](auto r, auto& o) {
-                    using Acc = typename std::decay_t<decltype(o)>::value_type;
-                    using ak::bench::slice;
-                    const ak::reference::Mamba2Inputs in{.x = slice(x_view, 2, r.begin, r.end),
-                                                         .dt = slice(dt_view, 2, r.begin, r.end),
-                                                         .a = slice(a_view, 0, r.begin, r.end),
-                                                         .b = b_view,
-                                                         .c = c_view,
-                                                         .d = slice(args.d, 0, r.begin, r.end),
-                                                         .dt_bias = slice(args.dt_bias, 0, r.begin, r.end),
-                                                         .dt_softplus = true};
-                    ak::reference::mamba2<Acc>(in, ak::View<Acc, 4>::contiguous(o.data(), {1, len, r.size(), kHeadDim}),
-                                               {});
-                  });
-                })))
+        if (!ak::bench::check_output(state, out, "mamba2 L=" + std::to_string(len), [&] {
+              return expected_units(len, kHeads, kHeadDim, 2, "heads", [&](auto r, auto& o) {
+                using Acc = typename std::decay_t<decltype(o)>::value_type;
+                using ak::bench::slice;
+                const ak::reference::Mamba2Inputs in{.x = slice(x_view, 2, r.begin, r.end),
+                                                     .dt = slice(dt_view, 2, r.begin, r.end),
+                                                     .a = slice(a_view, 0, r.begin, r.end),
+                                                     .b = b_view,
+                                                     .c = c_view,
+                                                     .d = slice(args.d, 0, r.begin, r.end),
+                                                     .dt_bias = slice(args.dt_bias, 0, r.begin, r.end),
+                                                     .dt_softplus = true};
+                ak::reference::mamba2<Acc>(in, ak::View<Acc, 4>::contiguous(o.data(), {1, len, r.size(), kHeadDim}),
+                                           {});
+              });
+            }))
           return;
         for (auto _ : state) ssd(x_view, dt_view, a_view, b_view, c_view, out_view, args);
         set_common(state, ssd.cost(x_view, dt_view, a_view, b_view, c_view, args), len);
@@ -248,9 +247,8 @@ void register_dense(Index len, int threads) {
         const auto qv = ak::bshd(q.data(), 1, len, kHeads, kHeadDim), kv = ak::bshd(k.data(), 1, len, kHeads, kHeadDim),
                    vv = ak::bshd(v.data(), 1, len, kHeads, kHeadDim);
         attn(qv, kv, vv, ak::bshd(out.data(), 1, len, kHeads, kHeadDim));
-        if (!ak::bench::check_output(state, out, ak::bench::expected_once("dense-causal L=" + std::to_string(len), [&] {
-                                       return ak::bench::expected_dense(qv, kv, vv, true);
-                                     })))
+        if (!ak::bench::check_output(state, out, "dense-causal L=" + std::to_string(len),
+                                     [&] { return ak::bench::expected_dense(qv, kv, vv, true); }))
           return;
         for (auto _ : state) attn(qv, kv, vv, ak::bshd(out.data(), 1, len, kHeads, kHeadDim));
         set_common(state, attn.cost(qv, kv, vv), len);

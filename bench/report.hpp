@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <attnkit/attnkit.hpp>
 #include <attnkit/reference/dense.hpp>
+#include <attnkit/reference/linear.hpp>
 #include <attnkit/reference/masked.hpp>
 #include <chrono>
 #include <cmath>
@@ -165,6 +166,12 @@ View<T, Rank> slice(const View<T, Rank>& x, int axis, Index begin, Index end) {
   return View<T, Rank>(x.data() + begin * x.stride(axis), extents, x.strides());
 }
 
+// check_output against the Expected of `key` (a case's name), made by make() on first use.
+template <class Make>
+bool check_output(benchmark::State& state, std::span<const float> got, const std::string& key, Make&& make) {
+  return check_output(state, got, expected_once(key, std::forward<Make>(make)));
+}
+
 // Rows [begin, end) of a (batch, seq, head, dim) view.
 template <class T>
 View<T, 4> seq_rows(const View<T, 4>& x, Index begin, Index end) {
@@ -191,19 +198,38 @@ Expected expected_rows(Index q_len, Index heads, Index dim, const std::vector<Ra
   });
 }
 
+// The keys [0, keys_seen) the query rows `r` see: causal, those up to the last row's bottom-right
+// aligned diagonal, so a row block's twin runs on those keys alone and gets the same rows.
+inline Index keys_seen(Range r, Index q_len, Index kv_len, bool causal) {
+  return causal ? std::clamp<Index>(r.end + kv_len - q_len, 0, kv_len) : kv_len;
+}
+
 // Exact dense attention (reference::dense) of a batch-1 case on `rows`; default: 16 rows at the
-// start, the middle and the end. A causal row block sees only the keys up to its last row's
-// bottom-right aligned diagonal, so it is computed with those keys alone.
+// start, the middle and the end.
 inline Expected expected_dense(const View<const float, 4>& q, const View<const float, 4>& k,
                                const View<const float, 4>& v, bool causal, std::vector<Range> rows = {}) {
   const Index q_len = q.extent(1), kv_len = k.extent(1);
   if (rows.empty()) rows = spread(q_len, 16);
   return expected_rows(q_len, std::max(q.extent(2), k.extent(2)), v.extent(3), rows, [&](Range r, auto out) {
     using Acc = typename decltype(out)::element_type;
-    const Index keys = causal ? std::clamp<Index>(r.end + kv_len - q_len, 0, kv_len) : kv_len;
+    const Index keys = keys_seen(r, q_len, kv_len, causal);
     reference::dense<Acc>(seq_rows(q, r.begin, r.end), seq_rows(k, 0, keys), seq_rows(v, 0, keys), out, View<Acc, 3>{},
                           reference::DenseOptions{.causal = causal});
   });
+}
+
+// Linear attention (reference::linear, elu + 1 features) of a batch-1 case on 16 rows at the start,
+// the middle and the end.
+inline Expected expected_linear(const View<const float, 4>& q, const View<const float, 4>& k,
+                                const View<const float, 4>& v, bool causal) {
+  const Index q_len = q.extent(1), kv_len = k.extent(1);
+  return expected_rows(q_len, std::max(q.extent(2), k.extent(2)), v.extent(3), spread(q_len, 16),
+                       [&](Range r, auto out) {
+                         using Acc = typename decltype(out)::element_type;
+                         const Index keys = keys_seen(r, q_len, kv_len, causal);
+                         reference::linear<Acc>(seq_rows(q, r.begin, r.end), seq_rows(k, 0, keys), seq_rows(v, 0, keys),
+                                                out, reference::LinearOptions{.causal = causal});
+                       });
 }
 
 // Attention under an element mask (reference::masked; allowed(batch, out_head, i, j)) of a batch-1
@@ -297,6 +323,14 @@ class CollectingReporter : public benchmark::ConsoleReporter {
   // What a table shows in place of a figure of `implementation` on `name` that has none.
   const char* absent(const std::string& name, const std::string& implementation) const {
     return wrong(name, implementation) ? "WRONG" : "-";
+  }
+  // The time of `implementation` on `name` in ms, or what stands in its place.
+  std::string milliseconds(const std::string& name, const std::string& implementation) const {
+    const Measured* m = find(name, implementation);
+    if (m == nullptr) return absent(name, implementation);
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2f", m->seconds * 1e3);
+    return text;
   }
   // The cases that failed their check, case -> implementation -> message.
   const std::map<std::string, std::map<std::string, std::string>>& wrong_runs() const { return wrong_; }

@@ -186,29 +186,28 @@ ak::bench::Expected expected_for(const ak::View<const float, 4>& q, const ak::Vi
 
 template <class Mechanism>
 void register_case(const std::string& impl, Index n, bool causal, typename Mechanism::Options options) {
-  bm::RegisterBenchmark(
-      (impl + "/" + case_name(n, causal)).c_str(),
-      [=](bm::State& state) {
-        const Inputs in(n);
-        std::vector<float> out(in.q.size());
-        ak::Attention<Mechanism, ak::OpenMP<>> attn(options, ak::OpenMP<>{kThreads});
-        const auto q = in.view(in.q, n), k = in.view(in.k, n), v = in.view(in.v, n);
-        const auto o = ak::bshd(out.data(), 1, n, kHeads, kDim);
-        attn(q, k, v, o);
-        if (!ak::bench::check_output(state, out, ak::bench::expected_once(impl + "/" + case_name(n, causal), [&] {
-                                       return expected_for<Mechanism>(q, k, v, options);
-                                     })))
-          return;
-        for (auto _ : state) attn(q, k, v, o);
-        const ak::Cost cost = attn.cost(q, k, v);
-        state.counters["FLOPs"] = cost.flops;
-        state.counters["GFLOPS"] = bm::Counter(cost.flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
-        if constexpr (std::is_same_v<Mechanism, ak::Dense>) {
-          exact_outputs()[case_name(n, causal)] = out;
-        } else {
-          state.counters["rel_err"] = ak::bench::relative_error(out, exact_output(n, causal));
-        }
-      })
+  bm::RegisterBenchmark((impl + "/" + case_name(n, causal)).c_str(),
+                        [=](bm::State& state) {
+                          const Inputs in(n);
+                          std::vector<float> out(in.q.size());
+                          ak::Attention<Mechanism, ak::OpenMP<>> attn(options, ak::OpenMP<>{kThreads});
+                          const auto q = in.view(in.q, n), k = in.view(in.k, n), v = in.view(in.v, n);
+                          const auto o = ak::bshd(out.data(), 1, n, kHeads, kDim);
+                          attn(q, k, v, o);
+                          if (!ak::bench::check_output(state, out, impl + "/" + case_name(n, causal),
+                                                       [&] { return expected_for<Mechanism>(q, k, v, options); }))
+                            return;
+                          for (auto _ : state) attn(q, k, v, o);
+                          const ak::Cost cost = attn.cost(q, k, v);
+                          state.counters["FLOPs"] = cost.flops;
+                          state.counters["GFLOPS"] =
+                              bm::Counter(cost.flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
+                          if constexpr (std::is_same_v<Mechanism, ak::Dense>) {
+                            exact_outputs()[case_name(n, causal)] = out;
+                          } else {
+                            state.counters["rel_err"] = ak::bench::relative_error(out, exact_output(n, causal));
+                          }
+                        })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
 }

@@ -65,6 +65,7 @@ struct Problem {
     std::generate(v.begin(), v.end(), [&] { return uniform(rng); });
     ak::Attention<ak::Dense>({.causal = true})(view(q), view(k), view(v), out(exact));
   }
+  std::string name() const { return case_name(n, local); }
   ak::View<const float, 4> view(const std::vector<float>& x) const { return ak::bshd(x.data(), 1, n, kHeads, kDim); }
   ak::View<float, 4> out(std::vector<float>& x) const { return ak::bshd(x.data(), 1, n, kHeads, kDim); }
 
@@ -105,12 +106,6 @@ double mean(const std::vector<double>& x) {
   double s = 0;
   for (double e : x) s += e;
   return x.empty() ? 0.0 : s / static_cast<double>(x.size());
-}
-
-// The first output `out` of `impl` on problem p checked against make() (computed once per case).
-template <class Make>
-bool check(bm::State& state, const std::string& impl, const Problem& p, const std::vector<float>& out, Make&& make) {
-  return ak::bench::check_output(state, out, ak::bench::expected_once(impl + "/" + case_name(p.n, p.local), make));
 }
 
 // Attention under the block mask `mask` (causal) on 48 rows of every head.
@@ -160,8 +155,9 @@ void register_case(Index n, bool local, bool full) {
   add("dense", n, local, [](bm::State& state, const Problem& p, std::vector<float>& out) {
     const ak::Attention<ak::Dense> attn({.causal = true});
     attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out));
-    if (!check(state, "dense", p, out,
-               [&] { return ak::bench::expected_dense(p.view(p.q), p.view(p.k), p.view(p.v), true); }))
+    if (!ak::bench::check_output(state, out, "dense/" + p.name(), [&] {
+          return ak::bench::expected_dense(p.view(p.q), p.view(p.k), p.view(p.v), true);
+        }))
       return;
     for (auto _ : state) attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out));
     set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v)));
@@ -174,7 +170,8 @@ void register_case(Index n, bool local, bool full) {
           const ak::BlockMask mask = random_mask(p.n, target);
           const ak::Attention<ak::BlockSparse> attn({.block = kBlock, .causal = true});
           attn(p.view(p.q), p.view(p.k), p.view(p.v), mask, p.out(out));
-          if (!check(state, "block-sparse " + std::to_string(target), p, out, [&] { return expected_blocks(p, mask); }))
+          if (!ak::bench::check_output(state, out, "block-sparse " + std::to_string(target) + "/" + p.name(),
+                                       [&] { return expected_blocks(p, mask); }))
             return;
           for (auto _ : state) attn(p.view(p.q), p.view(p.k), p.view(p.v), mask, p.out(out));
           set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v), mask));
@@ -188,7 +185,7 @@ void register_case(Index n, bool local, bool full) {
     out.resize(static_cast<std::size_t>(kHeads * blocks * blocks));
     const auto scores = ak::View<float, 4>::contiguous(out.data(), {1, kHeads, blocks, blocks});
     attn.score(p.view(p.q), p.view(p.k), scores);
-    if (!check(state, "xattn scoring", p, out, [&] { return expected_scores(p); })) return;
+    if (!ak::bench::check_output(state, out, "xattn scoring/" + p.name(), [&] { return expected_scores(p); })) return;
     for (auto _ : state) attn.score(p.view(p.q), p.view(p.k), scores);
     // The cost of a call that selected nothing is the scoring alone.
     const ak::BlockMask none =
@@ -202,7 +199,8 @@ void register_case(Index n, bool local, bool full) {
       const ak::Attention<ak::XAttention> attn({.block = kBlock, .tau = {tau}});
       ak::BlockMask selected;
       attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out), {.selected = &selected});
-      if (!check(state, "xattention " + std::to_string(tau), p, out, [&] { return expected_blocks(p, selected); }))
+      if (!ak::bench::check_output(state, out, "xattention " + std::to_string(tau) + "/" + p.name(),
+                                   [&] { return expected_blocks(p, selected); }))
         return;
       for (auto _ : state) attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out), {.selected = &selected});
       set_cost(state, attn.cost(p.view(p.q), p.view(p.k), p.view(p.v), selected));
@@ -214,7 +212,7 @@ void register_case(Index n, bool local, bool full) {
     const ak::Attention<ak::Dense> attn({.causal = true, .window = {.left = 1023}});
     const ak::Attention<ak::Dense> causal({.causal = true});
     attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out));
-    if (!check(state, "window 1024", p, out, [&] {
+    if (!ak::bench::check_output(state, out, "window 1024/" + p.name(), [&] {
           return ak::bench::expected_masked(
               p.view(p.q), p.view(p.k), p.view(p.v),
               ak::reference::WindowElements{.q_len = p.n, .kv_len = p.n, .left = 1023, .causal = true});
