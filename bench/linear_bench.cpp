@@ -144,10 +144,11 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
       const auto *dense = find(c.name(), "dense"), *linear = find(c.name(), "linear"),
                  *performer = find(c.name(), "performer");
       if (dense == nullptr || linear == nullptr || performer == nullptr) {  // times where there are, no ratios
-        std::printf("%-14s %9s %8s | %9s %8s %8s | %9s\n", c.name().c_str(),
-                    reporter.milliseconds(c.name(), "dense").c_str(), "",
-                    reporter.milliseconds(c.name(), "linear").c_str(), "", "",
-                    reporter.milliseconds(c.name(), "performer").c_str());
+        if (reporter.wrong_runs().contains(c.name()))
+          std::printf("%-14s %9s %8s | %9s %8s %8s | %9s\n", c.name().c_str(),
+                      reporter.milliseconds(c.name(), "dense").c_str(), "",
+                      reporter.milliseconds(c.name(), "linear").c_str(), "", "",
+                      reporter.milliseconds(c.name(), "performer").c_str());
         continue;
       }
       const double linear_speedup = dense->seconds / linear->seconds,
