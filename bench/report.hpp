@@ -199,38 +199,37 @@ Expected expected_rows(Index q_len, Index heads, Index dim, const std::vector<Ra
   });
 }
 
-// The keys [0, keys_seen) the query rows `r` see: causal, those up to the last row's bottom-right
-// aligned diagonal, so a row block's twin runs on those keys alone and gets the same rows.
-inline Index keys_seen(Range r, Index q_len, Index kv_len, bool causal) {
-  return causal ? std::clamp<Index>(r.end + kv_len - q_len, 0, kv_len) : kv_len;
+// A batch-1 attention-like case on 16 rows at the start, the middle and the end, where a row sees
+// only the keys it attends to: reference(q_rows, k_rows, v_rows, out) runs the twin on a row block
+// with the keys [0, n) it sees (causal: up to its last row's bottom-right aligned diagonal), which
+// gives the same rows as the whole problem.
+template <class Reference>
+Expected expected_seen_keys(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
+                            bool causal, Reference&& reference) {
+  const Index q_len = q.extent(1), kv_len = k.extent(1);
+  return expected_rows(q_len, std::max(q.extent(2), k.extent(2)), v.extent(3), spread(q_len, 16),
+                       [&](Range r, auto out) {
+                         const Index keys = causal ? std::clamp<Index>(r.end + kv_len - q_len, 0, kv_len) : kv_len;
+                         reference(seq_rows(q, r.begin, r.end), seq_rows(k, 0, keys), seq_rows(v, 0, keys), out);
+                       });
 }
 
-// Exact dense attention (reference::dense) of a batch-1 case on 16 rows at the start, the middle
-// and the end.
+// Exact dense attention (reference::dense).
 inline Expected expected_dense(const View<const float, 4>& q, const View<const float, 4>& k,
                                const View<const float, 4>& v, bool causal) {
-  const Index q_len = q.extent(1), kv_len = k.extent(1);
-  return expected_rows(q_len, std::max(q.extent(2), k.extent(2)), v.extent(3), spread(q_len, 16),
-                       [&](Range r, auto out) {
-                         using Acc = typename decltype(out)::element_type;
-                         const Index keys = keys_seen(r, q_len, kv_len, causal);
-                         reference::dense<Acc>(seq_rows(q, r.begin, r.end), seq_rows(k, 0, keys), seq_rows(v, 0, keys),
-                                               out, View<Acc, 3>{}, reference::DenseOptions{.causal = causal});
-                       });
+  return expected_seen_keys(q, k, v, causal, [&](const auto& q_rows, const auto& k_rows, const auto& v_rows, auto out) {
+    using Acc = typename decltype(out)::element_type;
+    reference::dense<Acc>(q_rows, k_rows, v_rows, out, View<Acc, 3>{}, reference::DenseOptions{.causal = causal});
+  });
 }
 
-// Linear attention (reference::linear, elu + 1 features) of a batch-1 case on 16 rows at the start,
-// the middle and the end.
+// Linear attention (reference::linear, elu + 1 features).
 inline Expected expected_linear(const View<const float, 4>& q, const View<const float, 4>& k,
                                 const View<const float, 4>& v, bool causal) {
-  const Index q_len = q.extent(1), kv_len = k.extent(1);
-  return expected_rows(q_len, std::max(q.extent(2), k.extent(2)), v.extent(3), spread(q_len, 16),
-                       [&](Range r, auto out) {
-                         using Acc = typename decltype(out)::element_type;
-                         const Index keys = keys_seen(r, q_len, kv_len, causal);
-                         reference::linear<Acc>(seq_rows(q, r.begin, r.end), seq_rows(k, 0, keys), seq_rows(v, 0, keys),
-                                                out, reference::LinearOptions{.causal = causal});
-                       });
+  return expected_seen_keys(q, k, v, causal, [&](const auto& q_rows, const auto& k_rows, const auto& v_rows, auto out) {
+    using Acc = typename decltype(out)::element_type;
+    reference::linear<Acc>(q_rows, k_rows, v_rows, out, reference::LinearOptions{.causal = causal});
+  });
 }
 
 // Attention under an element mask (reference::masked; allowed(batch, out_head, i, j)) of a batch-1
