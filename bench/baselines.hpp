@@ -1,6 +1,8 @@
 // What attnkit is measured against in the same process: unfused attention (Q·Kᵀ GEMM, row softmax,
 // P·V GEMM per head, heads split over OpenMP threads) written with Eigen and with OpenBLAS, the
-// OpenBLAS sgemm rate, and STREAM triad bandwidth. Batch 1, MHA, BSHD contiguous inputs.
+// OpenBLAS sgemm rate, and STREAM triad bandwidth. Batch 1, MHA, BSHD contiguous inputs. The
+// yardsticks' outputs are constants (sgemm of constant matrices, a triad of constant arrays), checked
+// like every case.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -13,7 +15,20 @@
 #include <string>
 #include <vector>
 
+#include "report.hpp"
+
 namespace attnkit::bench {
+
+// An output of n elements that should be `value` everywhere, checked on `count` elements at its
+// start, middle and end.
+inline Expected expected_constant(Index n, Index count, double value) {
+  std::vector<std::size_t> at;
+  for (const Range& r : spread(n, count))
+    for (Index e = r.begin; e < r.end; ++e) at.push_back(static_cast<std::size_t>(e));
+  const std::string what = "elements " + describe(spread(n, count)) + " of " + std::to_string(n);
+  const std::size_t size = at.size();
+  return expected_from_twin(std::move(at), what, [&](auto& values) { values.assign(size, value); });
+}
 
 struct UnfusedShape {
   Index heads = 8, q_len = 0, kv_len = 0, head_dim = 0;
@@ -126,6 +141,8 @@ class Sgemm {
                 n);
   }
   double flops() const { return 2.0 * n_ * n_ * n_; }
+  const std::vector<float>& c() const { return c_; }
+  double expected_c() const { return 0.5 * 0.25 * static_cast<double>(n_); }  // every element; exact in float
 
  private:
   Index n_;
@@ -148,6 +165,8 @@ class StreamTriad {
     for (Index i = 0; i < n; ++i) a[i] = b[i] + 3.0f * c[i];
   }
   double bytes() const { return 3.0 * sizeof(float) * a_.size(); }
+  const std::vector<float>& a() const { return a_; }
+  static constexpr double kExpectedA = 1.0 + 3.0 * 2.0;  // every element
 
  private:
   int threads_;
@@ -158,7 +177,13 @@ class StreamTriad {
 inline void register_stream_triad(int threads) {
   benchmark::RegisterBenchmark(("stream/triad T" + std::to_string(threads)).c_str(),
                                [threads](benchmark::State& state) {
-                                 StreamTriad triad(Index(1) << 25, threads);
+                                 const Index elements = Index(1) << 25;
+                                 StreamTriad triad(elements, threads);
+                                 triad();
+                                 if (!check_output(state, triad.a(), "stream triad", [&] {
+                                       return expected_constant(elements, 4096, StreamTriad::kExpectedA);
+                                     }))
+                                   return;
                                  for (auto _ : state) triad();
                                  state.counters["GBps"] = benchmark::Counter(
                                      triad.bytes() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);

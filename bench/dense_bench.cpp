@@ -1,5 +1,8 @@
 // Dense attention against unfused Eigen and OpenBLAS attention on the same shapes and threads, plus
-// the sgemm rate and STREAM bandwidth as yardsticks; prints a side-by-side table at the end.
+// the sgemm rate and STREAM bandwidth as yardsticks; prints a side-by-side table at the end. Every
+// case, baselines included, first checks its output against reference::dense (report.hpp) and is
+// WRONG, untimed, when it differs. Prints the CPU, the attnkit variant and OpenBLAS's core first
+// (pinning OPENBLAS_CORETYPE where OpenBLAS 0.3.21 would fall back to Prescott: openblas_core.hpp).
 //   dense_bench            default shapes (the README's main job)
 //   dense_bench --full     N 512..8192, d 64 and 128, causal and not, 1 and 2 threads
 // Other arguments go to Google Benchmark (e.g. --benchmark_filter=attnkit).
@@ -10,6 +13,7 @@
 #include <string>
 
 #include "baselines.hpp"
+#include "openblas_core.hpp"
 #include "report.hpp"
 
 namespace ak = attnkit;
@@ -19,13 +23,33 @@ namespace bm = benchmark;
 namespace {
 
 struct Inputs {
+  Index q_len, kv_len, q_heads, kv_heads, dim;
   std::vector<float> q, k, v, out;
-  Inputs(Index q_len, Index kv_len, Index q_heads, Index kv_heads, Index dim)
-      : q(q_len * q_heads * dim), k(kv_len * kv_heads * dim), v(kv_len * kv_heads * dim), out(q_len * q_heads * dim) {
+  Inputs(Index q_len_, Index kv_len_, Index q_heads_, Index kv_heads_, Index dim_)
+      : q_len(q_len_),
+        kv_len(kv_len_),
+        q_heads(q_heads_),
+        kv_heads(kv_heads_),
+        dim(dim_),
+        q(q_len * q_heads * dim),
+        k(kv_len * kv_heads * dim),
+        v(kv_len * kv_heads * dim),
+        out(q_len * q_heads * dim) {
     std::uint32_t state = 12345;
     auto next = [&] { return static_cast<float>((state = state * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f; };
     for (auto* x : {&q, &k, &v})
       for (float& e : *x) e = 2.0f * next();
+  }
+  ak::View<const float, 4> q_view() const { return ak::bshd(q.data(), 1, q_len, q_heads, dim); }
+  ak::View<const float, 4> k_view() const { return ak::bshd(k.data(), 1, kv_len, kv_heads, dim); }
+  ak::View<const float, 4> v_view() const { return ak::bshd(v.data(), 1, kv_len, kv_heads, dim); }
+  ak::View<float, 4> out_view() { return ak::bshd(out.data(), 1, q_len, q_heads, dim); }
+
+  // Whether `out` (the first output of the case `name`) is exact dense attention; see report.hpp.
+  // The reference is made once per shape, whatever the threads.
+  bool check(bm::State& state, const std::string& name, bool causal) const {
+    return ak::bench::check_output(state, out, name.substr(0, name.rfind(" T")),
+                                   [&] { return ak::bench::expected_dense(q_view(), k_view(), v_view(), causal); });
   }
 };
 
@@ -65,10 +89,12 @@ void register_baseline(const std::string& name, const Prefill& p, const ak::benc
   bm::RegisterBenchmark(name.c_str(),
                         [p, shape](bm::State& state) {
                           Inputs in(p.n, p.n, kHeads, kHeads, p.dim);
-                          const auto q = ak::bshd(in.q.data(), 1, p.n, kHeads, p.dim);  // cost counted as for attnkit
+                          const auto q = in.q_view();  // cost counted as for attnkit
                           const double flops =
                               ak::Attention<ak::Dense>(ak::Dense::Options{.causal = p.causal}).cost(q, q, q).flops;
                           Unfused run(shape, p.threads);
+                          run(in.q.data(), in.k.data(), in.v.data(), in.out.data());
+                          if (!in.check(state, p.name(), p.causal)) return;
                           for (auto _ : state) run(in.q.data(), in.k.data(), in.v.data(), in.out.data());
                           state.counters["GFLOPS"] = bm::Counter(flops * 1e-9, bm::Counter::kIsIterationInvariantRate);
                         })
@@ -82,15 +108,15 @@ void register_prefill(const Prefill& p, bool baselines) {
                           Inputs in(p.n, p.n, p.q_heads, p.kv_heads, p.dim);
                           ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = p.causal},
                                                                       ak::OpenMP<>{p.threads});
-                          const auto q = ak::bshd(in.q.data(), 1, p.n, p.q_heads, p.dim),
-                                     k = ak::bshd(in.k.data(), 1, p.n, p.kv_heads, p.dim),
-                                     v = ak::bshd(in.v.data(), 1, p.n, p.kv_heads, p.dim);
-                          const auto out = ak::bshd(in.out.data(), 1, p.n, p.q_heads, p.dim);
+                          const auto q = in.q_view(), k = in.k_view(), v = in.v_view();
+                          const auto out = in.out_view();
                           std::vector<std::byte> workspace_owner(attn.workspace_bytes(q, k, v) + 64);
                           void* aligned = workspace_owner.data();
                           std::size_t space = workspace_owner.size();
                           std::align(64, space - 64, aligned, space);
                           const ak::Workspace workspace{aligned, space};
+                          attn(q, k, v, out, {.workspace = workspace});
+                          if (!in.check(state, p.name(), p.causal)) return;
                           for (auto _ : state) attn(q, k, v, out, {.workspace = workspace});
                           set_counters(state, attn.cost(q, k, v));
                         })
@@ -108,10 +134,10 @@ void register_decode(const Decode& d) {
                           Inputs in(1, d.kv_len, d.q_heads, d.kv_heads, d.dim);
                           ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = true},
                                                                       ak::OpenMP<>{d.threads});
-                          const auto q = ak::bshd(in.q.data(), 1, 1, d.q_heads, d.dim);
-                          const auto k = ak::bshd(in.k.data(), 1, d.kv_len, d.kv_heads, d.dim);
-                          const auto v = ak::bshd(in.v.data(), 1, d.kv_len, d.kv_heads, d.dim);
-                          const auto out = ak::bshd(in.out.data(), 1, 1, d.q_heads, d.dim);
+                          const auto q = in.q_view(), k = in.k_view(), v = in.v_view();
+                          const auto out = in.out_view();
+                          attn(q, k, v, out);
+                          if (!in.check(state, d.name(), true)) return;
                           for (auto _ : state) attn(q, k, v, out);
                           const ak::Cost cost = attn.cost(q, k, v);
                           set_counters(state, cost);
@@ -125,6 +151,11 @@ void register_yardsticks(const std::vector<int>& threads) {
   bm::RegisterBenchmark("openblas/sgemm 2048^3 T1",
                         [](bm::State& state) {
                           ak::bench::Sgemm gemm(2048);
+                          gemm();
+                          if (!ak::bench::check_output(state, gemm.c(), "sgemm", [&] {
+                                return ak::bench::expected_constant(2048 * 2048, 4 * 2048, gemm.expected_c());
+                              }))
+                            return;
                           for (auto _ : state) gemm();
                           state.counters["GFLOPS"] =
                               bm::Counter(gemm.flops() * 1e-9, bm::Counter::kIsIterationInvariantRate);
@@ -135,37 +166,45 @@ void register_yardsticks(const std::vector<int>& threads) {
 }
 
 void print_table(const ak::bench::CollectingReporter& reporter) {
-  const auto& results = reporter.results();
   auto find = [&](const std::string& name, const std::string& impl) { return reporter.find(name, impl); };
   double sgemm = 0;
   if (auto* m = find("sgemm 2048^3 T1", "openblas")) sgemm = m->counters.at("GFLOPS");
   std::printf(
-      "\nattnkit dense, batch 1, fp32 (GFLOP/s = cost().flops / time; ratios = baseline time / attnkit time)\n");
+      "\nattnkit dense, batch 1, fp32 (GFLOP/s = cost().flops / time; ratios = baseline time / attnkit time; "
+      "WRONG: output differs from the reference, not timed)\n");
   if (sgemm > 0) std::printf("OpenBLAS sgemm 2048^3, 1 thread: %.1f GFLOP/s\n", sgemm);
   std::printf("%-34s %10s %9s %10s %9s %10s %9s %9s\n", "case", "attnkit ms", "GFLOP/s", "eigen ms", "vs eigen",
               "blas ms", "vs blas", "vs sgemm");
-  for (const auto& [shape, impls] : results) {
+  for (const std::string& shape : reporter.cases()) {
     if (shape.rfind("prefill", 0) != 0) continue;
     const auto* ours = find(shape, "attnkit");
-    if (ours == nullptr) continue;
-    const double gflops = ours->counters.at("GFLOPS");
-    std::printf("%-34s %10.2f %9.1f", shape.c_str(), ours->seconds * 1e3, gflops);
+    if (ours != nullptr)
+      std::printf("%-34s %10.2f %9.1f", shape.c_str(), ours->seconds * 1e3, ours->counters.at("GFLOPS"));
+    else
+      std::printf("%-34s %10s %9s", shape.c_str(), reporter.absent(shape, "attnkit"), "-");
     for (const char* base : {"eigen", "openblas"}) {
-      if (const auto* b = find(shape, base))
+      const auto* b = find(shape, base);
+      if (b != nullptr && ours != nullptr)
         std::printf(" %10.2f %8.2fx", b->seconds * 1e3, b->seconds / ours->seconds);
+      else if (b != nullptr)
+        std::printf(" %10.2f %9s", b->seconds * 1e3, "-");
       else
-        std::printf(" %10s %9s", "-", "-");
+        std::printf(" %10s %9s", reporter.absent(shape, base), "-");
     }
-    if (sgemm > 0 && shape.find(" T1") != std::string::npos) std::printf(" %8.2fx", gflops / sgemm);
+    if (ours != nullptr && sgemm > 0 && shape.find(" T1") != std::string::npos)
+      std::printf(" %8.2fx", ours->counters.at("GFLOPS") / sgemm);
     std::printf("\n");
   }
   std::printf("\n%-34s %10s %9s %12s %14s\n", "decode case", "attnkit ms", "K+V GB/s", "stream GB/s", "time / stream");
-  for (const auto& [shape, impls] : results) {
+  for (const std::string& shape : reporter.cases()) {
     if (shape.rfind("decode", 0) != 0) continue;
     const auto* ours = find(shape, "attnkit");
     const std::string threads = shape.substr(shape.rfind(' ') + 1);
     const auto* stream = find("triad " + threads, "stream");
-    if (ours == nullptr) continue;
+    if (ours == nullptr) {
+      std::printf("%-34s %10s\n", shape.c_str(), reporter.absent(shape, "attnkit"));
+      continue;
+    }
     const double kv_bytes = ours->counters.at("kv_bytes");
     std::printf("%-34s %10.2f %9.1f", shape.c_str(), ours->seconds * 1e3, kv_bytes / ours->seconds * 1e-9);
     if (stream != nullptr) {
@@ -179,8 +218,9 @@ void print_table(const ak::bench::CollectingReporter& reporter) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const std::string openblas = ak::bench::pin_openblas_coretype(argv, "dense_bench");
   return ak::bench::bench_main(
-      argc, argv,
+      argc, argv, ak::Attention<ak::Dense, ak::OpenMP<>>{}.name() + "\n" + openblas,
       [&](bool full) {
         register_yardsticks({1, 2});
         if (full) {

@@ -10,11 +10,15 @@
 // vs_dense and vs_linear (their time / this time, from the runs of the same case registered just
 // before), mul_avoided (multiplies a float h_qᵀ (Σ h_k vᵀ) would spend: b Dv per key and per query,
 // every head), mul_done (multiplies EcoFormer performs: hashing m (D + b) per hashed row, 2 Dv per
-// output for the final scale and division). Other arguments go to Google Benchmark (e.g.
+// output for the final scale and division). Every case first checks its output against its
+// reference twin on 48 rows of every head (report.hpp; EcoFormer with the same hash, below) and is
+// WRONG, untimed, when it differs. Other arguments go to Google Benchmark (e.g.
 // --benchmark_repetitions=3; the table keeps the fastest repetition).
 #include <array>
 #include <attnkit/attnkit.hpp>
+#include <attnkit/reference/ecoformer.hpp>
 #include <attnkit/tools/ecoformer_calibration.hpp>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -76,6 +80,83 @@ ak::tools::EcoFormerCalibration hash_for(const Inputs& in, Index bits, bool cali
   return c;
 }
 
+// Codes of rows [0, rows) of head h of x (bit t set <=> y_t > 0) from reference::ecoformer_projection
+// in double, and which bits are unsure: |y_t| within 1e-5 of the scale of its sum, Σ_j |A_tj| (1 +
+// |mvec_j|) (about 100 float roundings of its terms), so that float hashing may set them either way.
+struct Codes {
+  std::vector<std::uint64_t> code, unsure;
+  Codes(const ak::View<const float, 4>& x, Index h, Index rows, const ak::EcoFormerHash& hash) {
+    const Index bits = hash.a.extent(1), m = hash.anchors.extent(0);
+    const double sigma = ak::reference::ecoformer_sigma<double>(x, 0, h, x.extent(1), hash.anchors);
+    std::vector<double> margin(static_cast<std::size_t>(bits), 0.0);
+    for (Index t = 0; t < bits; ++t)
+      for (Index j = 0; j < m; ++j) margin[t] += 1e-5 * std::abs(hash.a(h, t, j)) * (1.0 + std::abs(hash.mvec(j)));
+    for (Index n = 0; n < rows; ++n) {
+      const std::vector<double> y =
+          ak::reference::ecoformer_projection<double>(x, 0, n, h, hash.anchors, hash.mvec, hash.a, h, sigma);
+      std::uint64_t c = 0, u = 0;
+      for (Index t = 0; t < bits; ++t) {
+        c |= std::uint64_t{y[t] > 0} << t;
+        u |= std::uint64_t{std::abs(y[t]) < margin[t]} << t;
+      }
+      code.push_back(c);
+      unsure.push_back(u);
+    }
+  }
+};
+
+// EcoFormer (reference::ecoformer's definition: w_ij = 2 b + 1 - 2 popcount(code_i xor code_j), out_i
+// = Σ_j w_ij v_j / Σ_j w_ij over the visible keys) on 16 rows at the start, the middle and the end of
+// every head, with the codes above. A row with an unsure bit is not checked; an unsure key bit a
+// row sees widens its bound by what flipping it can change, 2 |v_j - out_i| / (den_i - 2 n_unsure).
+ak::bench::Expected expected_ecoformer(const Inputs& in, const ak::EcoFormerHash& hash, bool causal) {
+  const Index n = in.n(), bits = hash.a.extent(1);
+  const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+  std::vector<Codes> q_codes, k_codes;
+  for (Index h = 0; h < kHeads; ++h) {
+    q_codes.emplace_back(q, h, n, hash);
+    k_codes.emplace_back(k, h, n, hash);
+  }
+  auto weight = [&](Index h, Index i, Index j) {
+    return 2 * bits + 1 - 2 * std::popcount(q_codes[h].code[i] ^ k_codes[h].code[j]);
+  };
+  ak::bench::Expected expected =
+      ak::bench::expected_rows(n, kHeads, kDim, ak::bench::spread(n, 16), [&](ak::bench::Range r, auto out) {
+        using Acc = typename decltype(out)::element_type;
+        std::vector<Acc> num(kDim);
+        for (Index h = 0; h < kHeads; ++h)
+          for (Index i = r.begin; i < r.end; ++i) {
+            std::fill(num.begin(), num.end(), Acc(0));
+            Acc den = 0;
+            for (Index j = 0; j < (causal ? i + 1 : n); ++j) {
+              const Acc w = static_cast<Acc>(weight(h, i, j));
+              den += w;
+              for (Index c = 0; c < kDim; ++c) num[c] += w * static_cast<Acc>(v(0, j, h, c));
+            }
+            for (Index c = 0; c < kDim; ++c) out(0, i - r.begin, h, c) = num[c] / den;
+          }
+      });
+  expected.slack.assign(expected.at.size(), 0.0);
+  for (std::size_t e = 0; e < expected.at.size(); e += kDim) {  // one row of one head per kDim positions
+    const Index i = static_cast<Index>(expected.at[e]) / (kHeads * kDim),
+                h = static_cast<Index>(expected.at[e]) / kDim % kHeads;
+    if (q_codes[h].unsure[i] != 0) {
+      std::fill_n(expected.slack.begin() + e, kDim, INFINITY);
+      continue;
+    }
+    double den = 0, unsure = 0;
+    for (Index j = 0; j < (causal ? i + 1 : n); ++j) {
+      den += static_cast<double>(weight(h, i, j));
+      unsure += std::popcount(k_codes[h].unsure[j]);
+    }
+    for (Index j = 0; j < (causal ? i + 1 : n) && unsure > 0; ++j)
+      if (const int flips = std::popcount(k_codes[h].unsure[j]); flips > 0)
+        for (Index c = 0; c < kDim; ++c)
+          expected.slack[e + c] += 2.0 * flips * std::abs(v(0, j, h, c) - expected.value[e + c]) / (den - 2 * unsure);
+  }
+  return expected;
+}
+
 struct Case {
   Index n;
   bool causal;
@@ -105,6 +186,10 @@ void register_case(const Case& c, bool with_dense) {
                             Inputs in(c.n);
                             ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, one_thread);
                             const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                            attn(q, k, v, in.out_view());
+                            if (!ak::bench::check_output(state, in.out, "dense/" + c.name(),
+                                                         [&] { return ak::bench::expected_dense(q, k, v, c.causal); }))
+                              return;
                             const double s = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                             seconds_of("dense")[c.name()] =
                                 std::min(s, seconds_of("dense").contains(c.name()) ? seconds_of("dense")[c.name()] : s);
@@ -117,6 +202,10 @@ void register_case(const Case& c, bool with_dense) {
                           Inputs in(c.n);
                           ak::Attention<ak::Linear, Backend> attn(ak::Linear::Options{.causal = c.causal}, one_thread);
                           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                          attn(q, k, v, in.out_view());
+                          if (!ak::bench::check_output(state, in.out, "linear/" + c.name(),
+                                                       [&] { return ak::bench::expected_linear(q, k, v, c.causal); }))
+                            return;
                           const double s = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                           set_counters(state, attn.cost(q, k, v), c.name(), s, "linear");
                           seconds_of("linear")[c.name()] =
@@ -132,6 +221,10 @@ void register_case(const Case& c, bool with_dense) {
           const ak::tools::EcoFormerCalibration hash = hash_for(in, bits, false);
           ak::Attention<ak::EcoFormer, Backend> attn({.causal = c.causal}, one_thread);
           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+          attn(q, k, v, hash.hash(), in.out_view());
+          if (!ak::bench::check_output(state, in.out, "ecoformer-b" + std::to_string(bits) + "/" + c.name(),
+                                       [&] { return expected_ecoformer(in, hash.hash(), c.causal); }))
+            return;
           const double s = ak::bench::timed_loop(state, [&] { attn(q, k, v, hash.hash(), in.out_view()); });
           set_counters(state, attn.cost(q, k, v, hash.hash()), c.name(), s, "ecoformer");
           const double rows = double(c.n * kHeads);
@@ -153,19 +246,24 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
   for (const Case& c : cases) {
     const auto *dense = find(c.name(), "dense"), *linear = find(c.name(), "linear");
     const auto *b16 = find(c.name(), "ecoformer-b16"), *b32 = find(c.name(), "ecoformer-b32");
-    if (linear == nullptr || b16 == nullptr || b32 == nullptr) continue;
+    if (linear == nullptr || b16 == nullptr || b32 == nullptr) {  // times where there are, no ratios
+      const std::string name = c.name();
+      if (reporter.wrong_runs().contains(name))
+        std::printf("%-14s %9s %9s %9s %9s %9s\n", name.c_str(), reporter.milliseconds(name, "dense").c_str(),
+                    reporter.milliseconds(name, "linear").c_str(), reporter.milliseconds(name, "ecoformer-b16").c_str(),
+                    "", reporter.milliseconds(name, "ecoformer-b32").c_str());
+      continue;
+    }
     auto avoided = [](const ak::bench::Measured* eco) {
       const double avoided = eco->counters.at("mul_avoided"), done = eco->counters.at("mul_done");
       return 100.0 * avoided / (avoided + done);
     };
-    char dense_ms[16] = "-", vs_dense[16] = "-";
-    if (dense != nullptr) {
-      std::snprintf(dense_ms, sizeof dense_ms, "%.2f", dense->seconds * 1e3);
-      std::snprintf(vs_dense, sizeof vs_dense, "%.1fx", dense->seconds / b16->seconds);
-    }
-    std::printf("%-14s %9s %9.2f %9.2f %8.2fx %9.2f %8.2fx %9s %6.0f / %.0f%%\n", c.name().c_str(), dense_ms,
-                linear->seconds * 1e3, b16->seconds * 1e3, linear->seconds / b16->seconds, b32->seconds * 1e3,
-                linear->seconds / b32->seconds, vs_dense, avoided(b16), avoided(b32));
+    char vs_dense[16] = "-";
+    if (dense != nullptr) std::snprintf(vs_dense, sizeof vs_dense, "%.1fx", dense->seconds / b16->seconds);
+    std::printf("%-14s %9s %9.2f %9.2f %8.2fx %9.2f %8.2fx %9s %6.0f / %.0f%%\n", c.name().c_str(),
+                reporter.milliseconds(c.name(), "dense").c_str(), linear->seconds * 1e3, b16->seconds * 1e3,
+                linear->seconds / b16->seconds, b32->seconds * 1e3, linear->seconds / b32->seconds, vs_dense,
+                avoided(b16), avoided(b32));
   }
 }
 
@@ -199,7 +297,7 @@ int main(int argc, char** argv) {
   Eigen::setNbThreads(1);  // the calibration runs once per case, outside the timed loops
   std::vector<Case> cases;
   return ak::bench::bench_main(
-      argc, argv,
+      argc, argv, ak::OpenMP<>::name(),
       [&](bool full) {
         for (bool causal : {false, true}) {
           for (Index n = 1024; n <= 32768; n *= 2) cases.push_back({n, causal});

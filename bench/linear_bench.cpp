@@ -4,9 +4,12 @@
 //   linear_bench --full     N 512..16384
 // Counters: FLOPs (cost() of the algorithm run), GFLOPS, vs_dense (dense time / this time, from
 // the dense run of the same case registered just before) and, for Performer, rel_error (Frobenius
-// norm of the difference to the dense kernel's output, relative to it).
+// norm of the difference to the dense kernel's output, relative to it). Every case first checks its
+// output against its reference twin (dense, linear; FAVOR+ with the same features) on 48 rows of
+// every head (report.hpp) and is WRONG, untimed, when it differs.
 // Other arguments go to Google Benchmark (e.g. --benchmark_filter=linear).
 #include <attnkit/attnkit.hpp>
+#include <attnkit/reference/performer.hpp>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -70,6 +73,10 @@ void register_case(const Case& c) {
                           Inputs in(c.n, 1.0f);
                           ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, one_thread);
                           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                          attn(q, k, v, in.out_view());
+                          if (!ak::bench::check_output(state, in.out, "dense/" + c.name(),
+                                                       [&] { return ak::bench::expected_dense(q, k, v, c.causal); }))
+                            return;
                           const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                           dense_seconds()[c.name()] = seconds;
                           set_counters(state, attn.cost(q, k, v), c.name(), 0);
@@ -81,6 +88,10 @@ void register_case(const Case& c) {
                           Inputs in(c.n, 1.0f);
                           ak::Attention<ak::Linear, Backend> attn(ak::Linear::Options{.causal = c.causal}, one_thread);
                           const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+                          attn(q, k, v, in.out_view());
+                          if (!ak::bench::check_output(state, in.out, "linear/" + c.name(),
+                                                       [&] { return ak::bench::expected_linear(q, k, v, c.causal); }))
+                            return;
                           const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, in.out_view()); });
                           set_counters(state, attn.cost(q, k, v), c.name(), seconds);
                         })
@@ -94,6 +105,19 @@ void register_case(const Case& c) {
             ak::gaussian_orthogonal_features(ak::Performer::kDefaultFeatures, kDim, kProjectionSeed);
         ak::Attention<ak::Performer, Backend> attn(ak::Performer::Options{.causal = c.causal}, one_thread);
         const auto q = in.view(in.q), k = in.view(in.k), v = in.view(in.v);
+        attn(q, k, v, w.view(), in.out_view());
+        // The key features share one max over every key, so a row block is computed with all the keys:
+        // causal, that is right for the last rows only.
+        const std::vector<ak::bench::Range> rows =
+            c.causal ? std::vector<ak::bench::Range>{{c.n - 48, c.n}} : ak::bench::spread(c.n, 16);
+        if (!ak::bench::check_output(state, in.out, "performer/" + c.name(), [&] {
+              return ak::bench::expected_rows(c.n, kHeads, kDim, rows, [&](ak::bench::Range r, auto out) {
+                using Acc = typename decltype(out)::element_type;
+                ak::reference::performer<Acc>(ak::bench::seq_rows(q, r.begin, r.end), k, v, w.view(), out,
+                                              {.causal = c.causal});
+              });
+            }))
+          return;
         const double seconds = ak::bench::timed_loop(state, [&] { attn(q, k, v, w.view(), in.out_view()); });
         set_counters(state, attn.cost(q, k, v, w.view()), c.name(), seconds);
         std::vector<float> exact(in.out.size());
@@ -119,7 +143,14 @@ void print_table(const ak::bench::CollectingReporter& reporter, const std::vecto
       if (c.causal != causal) continue;
       const auto *dense = find(c.name(), "dense"), *linear = find(c.name(), "linear"),
                  *performer = find(c.name(), "performer");
-      if (dense == nullptr || linear == nullptr || performer == nullptr) continue;
+      if (dense == nullptr || linear == nullptr || performer == nullptr) {  // times where there are, no ratios
+        if (reporter.wrong_runs().contains(c.name()))
+          std::printf("%-14s %9s %8s | %9s %8s %8s | %9s\n", c.name().c_str(),
+                      reporter.milliseconds(c.name(), "dense").c_str(), "",
+                      reporter.milliseconds(c.name(), "linear").c_str(), "", "",
+                      reporter.milliseconds(c.name(), "performer").c_str());
+        continue;
+      }
       const double linear_speedup = dense->seconds / linear->seconds,
                    performer_speedup = dense->seconds / performer->seconds;
       std::printf("%-14s %9.2f %8.1f | %9.2f %8.1f %7.2fx | %9.2f %8.1f %7.2fx %9.3f\n", c.name().c_str(),
@@ -166,7 +197,7 @@ void print_error_curve(Index n) {
 int main(int argc, char** argv) {
   std::vector<Case> cases;
   return ak::bench::bench_main(
-      argc, argv,
+      argc, argv, ak::OpenMP<>::name(),
       [&](bool full) {
         const Index largest = full ? 16384 : 4096;
         for (bool causal : {false, true})
