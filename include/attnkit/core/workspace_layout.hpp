@@ -1,0 +1,32 @@
+// Sizing a call's workspace from the function that lays it out. A kernel's Layout type has
+//   static Layout carve(Arena& arena, const Plan& plan, int threads)
+// which takes every array of the whole workspace (shared arrays, then the threads' scratch slots)
+// from `arena`; workspace_bytes_of() runs it on a measuring arena, the kernel on the caller's
+// block, so sizing and carving cannot disagree. Not here: the arena itself (workspace.hpp).
+#pragma once
+
+#include <cstddef>
+
+#include "attnkit/core/workspace.hpp"
+
+namespace attnkit::detail {
+
+// Bytes of the workspace Layout::carve lays out for `plan` and `threads` threads; 0 when the plan
+// has no work items (the call does nothing).
+template <class Layout, class Plan>
+std::size_t workspace_bytes_of(const Plan& plan, int threads) {
+  if (plan.items == 0) return 0;
+  Arena arena = Arena::measuring();
+  Layout::carve(arena, plan, threads);
+  return arena.used();
+}
+
+// The per-thread scratch of a plan: bytes Scratch::carve(arena, args...) takes.
+template <class Scratch, class... Args>
+std::size_t scratch_bytes_of(const Args&... args) {
+  Arena arena = Arena::measuring();
+  Scratch::carve(arena, args...);
+  return arena.used();
+}
+
+}  // namespace attnkit::detail
