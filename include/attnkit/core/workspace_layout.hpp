@@ -29,4 +29,27 @@ std::size_t scratch_bytes_of(const Args&... args) {
   return arena.used();
 }
 
+// The threads' scratch slots of a plan (plan.scratch_bytes each), as one array of a workspace.
+template <class Plan>
+std::byte* take_thread_slots(Arena& arena, const Plan& plan, int threads) {
+  return arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads));
+}
+
+// The arena of one thread's slot among those take_thread_slots laid out; its guards are checked
+// when it ends.
+template <class Plan>
+Arena thread_slot(std::byte* slots, const Plan& plan, int slot) {
+  return Arena(slots + plan.scratch_bytes * static_cast<std::size_t>(slot), plan.scratch_bytes);
+}
+
+// The Layout of a workspace that is only the threads' scratch slots.
+struct ThreadSlots {
+  std::byte* scratch = nullptr;
+
+  template <class Plan>
+  static ThreadSlots carve(Arena& arena, const Plan& plan, int threads) {
+    return {take_thread_slots(arena, plan, threads)};
+  }
+};
+
 }  // namespace attnkit::detail

@@ -24,11 +24,11 @@
 namespace attnkit::detail {
 
 struct CombinerPlan {
-  Index segment = 1;              // s
-  Index segments = 0;             // ceil(N / s)
-  Index heads = 0;                // batch * out_heads
-  Index items = 0;                // heads * segments, in each pass
-  Index rows = 1;                 // query rows per tile: the register tile's
+  Index segment = 1;   // s
+  Index segments = 0;  // ceil(N / s)
+  Index heads = 0;     // batch * out_heads
+  Index items = 0;     // heads * segments, in each pass
+  Index rows = 1;      // query rows per tile: the register tile's
   Index head_dim = 0, v_dim = 0;
   Index score_floats = 0;         // the key-set kernel's score buffer
   std::size_t scratch_bytes = 0;  // per thread: CombinerScratch::carve
@@ -36,10 +36,10 @@ struct CombinerPlan {
 
 // One thread's scratch.
 struct CombinerScratch {
-  float* q_tile = nullptr;              // (rows, head_dim) scaled queries
-  float* scores = nullptr;              // (score_floats)
-  float* acc = nullptr;                 // (rows, v_dim)
-  tile::SoftmaxRow* states = nullptr;   // (rows)
+  float* q_tile = nullptr;             // (rows, head_dim) scaled queries
+  float* scores = nullptr;             // (score_floats)
+  float* acc = nullptr;                // (rows, v_dim)
+  tile::SoftmaxRow* states = nullptr;  // (rows)
 
   static CombinerScratch carve(Arena& arena, const CombinerPlan& plan) {
     CombinerScratch sc;
@@ -61,7 +61,7 @@ struct CombinerWorkspace {
     CombinerWorkspace w;
     w.span_k = arena.take<float>(plan.items * plan.head_dim);
     w.span_v = arena.take<float>(plan.items * plan.v_dim);
-    w.scratch = arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads));
+    w.scratch = take_thread_slots(arena, plan, threads);
     return w;
   }
 };
@@ -110,7 +110,7 @@ class CombinerFixedKernel {
   // Pass 1, item (batch, out head, segment r): span key and span value of segment r.
   void span_item(Index item, int slot) const {
     const Segment seg = segment_of(item);
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const CombinerScratch sc = CombinerScratch::carve(arena, plan_);
     const Index dim = shape_.head_dim;
     float* ks = span_k_ + item * dim;  // (head_dim)
@@ -131,15 +131,15 @@ class CombinerFixedKernel {
     *sc.states = tile::SoftmaxRow{};
     std::fill(sc.acc, sc.acc + shape_.v_dim, 0.0f);
     attend_key_set<V>(q_ptrs, 1, k_.at(seg.batch, seg.begin, seg.kh, 0), k_.stride(1),
-                            v_.at(seg.batch, seg.begin, seg.kh, 0), v_.stride(1), all.end, dim, shape_.v_dim, &all,
-                            sc.scores, sc.states, sc.acc, shape_.v_dim);
+                      v_.at(seg.batch, seg.begin, seg.kh, 0), v_.stride(1), all.end, dim, shape_.v_dim, &all, sc.scores,
+                      sc.states, sc.acc, shape_.v_dim);
     tile::finalize_row<V>(sc.acc, shape_.v_dim, *sc.states, span_v_ + item * shape_.v_dim);
   }
 
   // Pass 2, item (batch, out head, segment t): the rows of segment t.
   void row_item(Index item, int slot) const {
     const Segment seg = segment_of(item);
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const CombinerScratch sc = CombinerScratch::carve(arena, plan_);
     const Index dim = shape_.head_dim, v_dim = shape_.v_dim;
     const Index t = item % plan_.segments;
@@ -161,13 +161,13 @@ class CombinerFixedKernel {
       }
       std::fill(sc.acc, sc.acc + rows * v_dim, 0.0f);
       attend_key_set<V>(q_ptrs, rows, k_.at(seg.batch, seg.begin, seg.kh, 0), k_.stride(1),
-                              v_.at(seg.batch, seg.begin, seg.kh, 0), v_.stride(1), seg.end - seg.begin, dim, v_dim,
-                              direct, sc.scores, sc.states, sc.acc, v_dim);
-      attend_key_set<V>(q_ptrs, rows, span_k, dim, span_v, v_dim, t, dim, v_dim, before, sc.scores, sc.states,
-                              sc.acc, v_dim);
+                        v_.at(seg.batch, seg.begin, seg.kh, 0), v_.stride(1), seg.end - seg.begin, dim, v_dim, direct,
+                        sc.scores, sc.states, sc.acc, v_dim);
+      attend_key_set<V>(q_ptrs, rows, span_k, dim, span_v, v_dim, t, dim, v_dim, before, sc.scores, sc.states, sc.acc,
+                        v_dim);
       if (!causal_)
         attend_key_set<V>(q_ptrs, rows, span_k + (t + 1) * dim, dim, span_v + (t + 1) * v_dim, v_dim,
-                                plan_.segments - t - 1, dim, v_dim, after, sc.scores, sc.states, sc.acc, v_dim);
+                          plan_.segments - t - 1, dim, v_dim, after, sc.scores, sc.states, sc.acc, v_dim);
       for (Index r = 0; r < rows; ++r)
         tile::finalize_row<V>(sc.acc + r * v_dim, v_dim, sc.states[r], out_.at(seg.batch, first + r, seg.out_head, 0));
     }

@@ -63,7 +63,7 @@ struct LogsparsePlan {
 
 // One thread's scratch; pass 1 uses q_row as q̄ and row as the accumulator, pass 2 row as logits.
 struct LogsparseScratch {
-  float* q_row = nullptr;  // (head_dim) scaled
+  float* q_row = nullptr;   // (head_dim) scaled
   float* scores = nullptr;  // (score_floats)
   float* row = nullptr;     // (max(max_set, v_dim))
   LogSpan* set = nullptr;   // (max_set)
@@ -86,7 +86,7 @@ struct LogsparseWorkspace {
   static LogsparseWorkspace carve(Arena& arena, const LogsparsePlan& plan, int threads) {
     LogsparseWorkspace w;
     w.spans = arena.take<float>(plan.heads * plan.spans * (plan.head_dim + plan.v_dim));
-    w.scratch = arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads));
+    w.scratch = take_thread_slots(arena, plan, threads);
     return w;
   }
 };
@@ -138,7 +138,7 @@ class CombinerLogsparseKernel {
     const Index batch = head / shape_.heads.out_heads(), out_head = head % shape_.heads.out_heads();
     const Index qh = shape_.heads.q_head(out_head), kh = shape_.heads.kv_head(out_head);
     const Index dim = shape_.head_dim, v_dim = shape_.v_dim, width = Index(1) << level;
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const LogsparseScratch sc = LogsparseScratch::carve(arena, plan_);
     float* qbar = sc.q_row;  // (head_dim), scaled
     float* scores = sc.scores;
@@ -166,7 +166,7 @@ class CombinerLogsparseKernel {
       tile::SoftmaxRow state;
       std::fill(acc, acc + v_dim, 0.0f);
       attend_key_set<V>(q_ptrs, 1, k_.at(batch, c * width, kh, 0), k_.stride(1), v_.at(batch, c * width, kh, 0),
-                              v_.stride(1), width, dim, v_dim, &all, scores, &state, acc, v_dim);
+                        v_.stride(1), width, dim, v_dim, &all, scores, &state, acc, v_dim);
       tile::finalize_row<V>(acc, v_dim, state, span_value(head, level, c));
     }
   }
@@ -176,11 +176,11 @@ class CombinerLogsparseKernel {
     const Index head = item / plan_.row_chunks, first = item % plan_.row_chunks * plan_.rows_per_item;
     const Index batch = head / shape_.heads.out_heads(), out_head = head % shape_.heads.out_heads();
     const Index qh = shape_.heads.q_head(out_head), dim = shape_.head_dim, v_dim = shape_.v_dim;
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const LogsparseScratch sc = LogsparseScratch::carve(arena, plan_);
-    float* q_row = sc.q_row;    // (head_dim), scaled
-    float* logits = sc.row;     // (max_set)
-    LogSpan* set = sc.set;      // (max_set)
+    float* q_row = sc.q_row;  // (head_dim), scaled
+    float* logits = sc.row;   // (max_set)
+    LogSpan* set = sc.set;    // (max_set)
     for (Index i = first; i < std::min(first + plan_.rows_per_item, shape_.q_len); ++i) {
       const float* src = q_.at(batch, i, qh, 0);
       for (Index d = 0; d < dim; ++d) q_row[d] = src[d] * scale_;

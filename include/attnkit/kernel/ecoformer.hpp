@@ -44,8 +44,8 @@ struct EcoPlan {
   Index m = 0, d = 0, bits = 0, dv = 0;
   Index m_pad = 0, bits_pad = 0;  // padded to the vector width (zero anchors, zero A columns)
   Index kv_heads = 0, group = 1, kv_groups = 0;
-  Index items = 0;                // sequences * kv_groups; 0 without query rows (nothing to do)
-  Index q_len = 0, kv_len = 0;    // the views' extents: every sequence's lengths are at most these
+  Index items = 0;              // sequences * kv_groups; 0 without query rows (nothing to do)
+  Index q_len = 0, kv_len = 0;  // the views' extents: every sequence's lengths are at most these
   bool causal = false;
   Index nibbles = 0;              // ceil(bits / kNibble): bucket groups of the non-causal sums
   Index sum_row = 0;              // floats between rows of the sums: dv padded to the vector width, plus one
@@ -63,13 +63,13 @@ struct EcoScratch {
 
   static EcoScratch carve(Arena& arena, const EcoPlan& p) {
     EcoScratch b;
-    b.rows = arena.take<float>(kHashChunk * p.d);           // (chunk, d): a partial chunk's rows, zero-padded
-    b.dots = arena.take<float>(p.dot_rows * p.m_pad);       // (dot_rows, m_pad): anchor dots, then kappa
-    b.norms = arena.take<float>(p.dot_rows);                // (dot_rows): |x|² per row
-    b.y = arena.take<float>(kHashChunk * p.bits_pad);       // (chunk, bits_pad): projections y
-    b.kcodes = arena.take<std::uint64_t>(p.kv_len);         // (kv_len): key codes
+    b.rows = arena.take<float>(kHashChunk * p.d);             // (chunk, d): a partial chunk's rows, zero-padded
+    b.dots = arena.take<float>(p.dot_rows * p.m_pad);         // (dot_rows, m_pad): anchor dots, then kappa
+    b.norms = arena.take<float>(p.dot_rows);                  // (dot_rows): |x|² per row
+    b.y = arena.take<float>(kHashChunk * p.bits_pad);         // (chunk, bits_pad): projections y
+    b.kcodes = arena.take<std::uint64_t>(p.kv_len);           // (kv_len): key codes
     b.qcodes = arena.take<std::uint64_t>(p.group * p.q_len);  // (group, q_len): query codes per out head
-    b.vsum = arena.take<float>(p.dv);                       // (dv): V
+    b.vsum = arena.take<float>(p.dv);                         // (dv): V
     if (p.causal) {
       b.sums = arena.take<float>(2 * p.bits * p.sum_row);  // (bits, set / clear, sum_row)
       b.count = arena.take<std::int64_t>(p.bits);          // (bits): c
@@ -97,7 +97,7 @@ struct EcoWorkspace {
     w.anchor_norms = arena.take<float>(p.m_pad);
     w.mvec = arena.take<float>(p.m_pad);
     w.a_t = arena.take<float>(p.kv_heads * p.m_pad * p.bits_pad);
-    w.scratch = arena.take<std::byte>(p.scratch_bytes * static_cast<std::size_t>(threads));
+    w.scratch = take_thread_slots(arena, p, threads);
     return w;
   }
 };
@@ -225,7 +225,7 @@ class EcoKernel {
     const Sequence seq = seqs_[item / plan_.kv_groups];
     const Index kv_group = item % plan_.kv_groups;
     const Index kv_head = shape_.heads.kv_head(kv_group * plan_.group);
-    Arena arena(scratch_ + plan_.scratch_bytes * static_cast<std::size_t>(slot), plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const EcoScratch buf = EcoScratch::carve(arena, plan_);
 
     hash_rows(k_, seq.batch, kv_head, kv_head, seq.kv_len, buf.kcodes, buf);
@@ -474,7 +474,7 @@ class EcoKernel {
   SequenceLayout seqs_;
   EcoPlan plan_;
   std::optional<float> sigma_;
-  Arena arena_;  // the whole workspace; its guards (sanitize builds) are checked when the kernel ends
+  Arena arena_;                    // the whole workspace; its guards (sanitize builds) are checked when the kernel ends
   float* anchors_t_ = nullptr;     // (d, m_pad)
   float* anchor_norms_ = nullptr;  // (m_pad): |a_j|², zero past m
   float* mvec_ = nullptr;          // (m_pad): zero past m

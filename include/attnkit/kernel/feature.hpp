@@ -48,13 +48,13 @@ inline void gemm_accumulate(Index rows, Index n, Index k, const float* a, Index 
 
 // Sizes of one feature-attention call; a function of the shape and the feature count only.
 struct FeaturePlan {
-  Index features = 0;      // m: features per row
-  Index feature_rows = 0;  // m padded to the register tile (rows of the transposed key block)
+  Index features = 0;           // m: features per row
+  Index feature_rows = 0;       // m padded to the register tile (rows of the transposed key block)
   Index chunk = kFeatureChunk;  // query positions per chunk, keys per state update
-  Index chunk_rows = 0;    // chunk padded to the register tile
-  Index group = 1;         // out heads per kv head
-  Index kv_groups = 0;     // kv heads
-  Index items = 0;         // sequences * kv_groups
+  Index chunk_rows = 0;         // chunk padded to the register tile
+  Index group = 1;              // out heads per kv head
+  Index kv_groups = 0;          // kv heads
+  Index items = 0;              // sequences * kv_groups
   Index v_dim = 0;
   std::size_t feature_shared = 0;   // floats the feature map keeps for all threads (FeatureKernel binds them)
   std::size_t feature_scratch = 0;  // floats the feature map needs per thread
@@ -98,7 +98,7 @@ struct FeatureWorkspace {
   static FeatureWorkspace carve(Arena& arena, const FeaturePlan& plan, int threads) {
     FeatureWorkspace w;
     w.shared = arena.take<float>(plan.feature_shared);
-    w.scratch = arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads));
+    w.scratch = take_thread_slots(arena, plan, threads);
     return w;
   }
 };
@@ -194,7 +194,7 @@ class FeatureKernel {
     const Index kv_head = shape_.heads.kv_head(kv_group * plan_.group);
     const Index m = plan_.features, mp = plan_.feature_rows, dv = plan_.v_dim;
 
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const FeatureScratch buf = FeatureScratch::carve(arena, plan_);
     std::fill(buf.s, buf.s + mp * dv, 0.0f);
     std::fill(buf.z, buf.z + mp, 0.0f);

@@ -30,10 +30,10 @@ namespace attnkit::detail {
 
 // Sizes of one ProbSparse call; a function of the shape and the sample counts only.
 struct ProbSparsePlan {
-  Index samples = 0;              // U
-  Index top = 0;                  // u
-  Index items = 0;                // batch * out_heads
-  Index rows = 1;                 // query rows per tile: the register tile's
+  Index samples = 0;  // U
+  Index top = 0;      // u
+  Index items = 0;    // batch * out_heads
+  Index rows = 1;     // query rows per tile: the register tile's
   Index q_len = 0, head_dim = 0, v_dim = 0;
   Index score_floats = 0;         // the key-set kernel's score buffer
   Index drawn = 0;                // sample indices the kernel holds: q_len * U when drawn, else 0
@@ -70,7 +70,7 @@ struct ProbSparseWorkspace {
 
   static ProbSparseWorkspace carve(Arena& arena, const ProbSparsePlan& plan, int threads) {
     ProbSparseWorkspace w;
-    w.scratch = arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads));
+    w.scratch = take_thread_slots(arena, plan, threads);
     w.drawn = arena.take<std::int32_t>(plan.drawn);
     return w;
   }
@@ -130,14 +130,14 @@ class ProbSparseKernel {
     const Index out_head = item % shape_.heads.out_heads();
     const Index qh = shape_.heads.q_head(out_head), kh = shape_.heads.kv_head(out_head);
     const Index q_len = shape_.q_len, kv_len = shape_.kv_len, dim = shape_.head_dim, v_dim = shape_.v_dim;
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const ProbSparseScratch sc = ProbSparseScratch::carve(arena, plan_);
-    float* sparsity = sc.sparsity;     // (q_len)
-    std::int32_t* order = sc.order;    // (q_len)
-    float* q_tile = sc.q_tile;         // (mr, head_dim)
+    float* sparsity = sc.sparsity;   // (q_len)
+    std::int32_t* order = sc.order;  // (q_len)
+    float* q_tile = sc.q_tile;       // (mr, head_dim)
     float* scores = sc.scores;
-    float* acc = sc.acc;               // (mr, v_dim)
-    double* running = sc.running;      // (v_dim)
+    float* acc = sc.acc;           // (mr, v_dim)
+    double* running = sc.running;  // (v_dim)
     tile::SoftmaxRow* states = sc.states;
 
     write_lazy_rows(batch, out_head, kh, running);
@@ -177,8 +177,7 @@ class ProbSparseKernel {
         states[r] = tile::SoftmaxRow{};
       }
       std::fill(acc, acc + rows * v_dim, 0.0f);
-      attend_key_set<V>(q_ptrs, rows, k_rows, ldk, v_rows, ldv, kv_len, dim, v_dim, ranges, scores, states, acc,
-                              v_dim);
+      attend_key_set<V>(q_ptrs, rows, k_rows, ldk, v_rows, ldv, kv_len, dim, v_dim, ranges, scores, states, acc, v_dim);
       for (Index r = 0; r < rows; ++r)
         tile::finalize_row<V>(acc + r * v_dim, v_dim, states[r], out_.at(batch, order[t + r], out_head, 0));
     }

@@ -92,11 +92,11 @@ struct SsdParams {
 // Work items and buffer extents of one call; a function of the shape and the chunk length only.
 struct SsdPlan {
   Mamba2Shape shape{};
-  Index chunk = 1;      // tokens per chunk (1: recurrent)
-  Index width = 1;      // the vector width every row is padded to
-  Index p_pad = 0;      // head_dim padded to the vector width (pp)
-  Index chunk_pad = 0;  // chunk padded to the vector width (qp)
-  Index items = 0;      // batch * heads
+  Index chunk = 1;                // tokens per chunk (1: recurrent)
+  Index width = 1;                // the vector width every row is padded to
+  Index p_pad = 0;                // head_dim padded to the vector width (pp)
+  Index chunk_pad = 0;            // chunk padded to the vector width (qp)
+  Index items = 0;                // batch * heads
   std::size_t scratch_bytes = 0;  // per thread: SsdScratch::carve
 };
 
@@ -123,15 +123,6 @@ struct SsdScratch {
     b.gate = arena.take<float>(pp);
     b.cum = arena.take<double>(plan.chunk);
     return b;
-  }
-};
-
-// The whole workspace: one scratch slot per thread.
-struct SsdWorkspace {
-  std::byte* scratch = nullptr;
-
-  static SsdWorkspace carve(Arena& arena, const SsdPlan& plan, int threads) {
-    return {arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads))};
   }
 };
 
@@ -171,17 +162,17 @@ class Mamba2Kernel {
         shape_(plan.shape),
         plan_(plan),
         chunk_(plan.chunk),
-        arena_(workspace, workspace_bytes_of<SsdWorkspace>(plan, slots)) {
+        arena_(workspace, workspace_bytes_of<ThreadSlots>(plan, slots)) {
     ATTNKIT_CHECK(plan.width == W, "ssd kernel: plan made for vectors of ", plan.width, ", kernel runs ", W,
                   " (internal error)");
-    scratch_ = SsdWorkspace::carve(arena_, plan, slots).scratch;
+    scratch_ = ThreadSlots::carve(arena_, plan, slots).scratch;
   }
 
   void run_item(Index item, int slot) const {
     const Index bi = item / shape_.heads, h = item % shape_.heads;
     const Index g = h / (shape_.heads / shape_.groups);
     const Index p = shape_.head_dim, pp = plan_.p_pad, n = shape_.d_state, q_max = chunk_, qp = plan_.chunk_pad;
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const Buffers buf = SsdScratch::carve(arena, plan_);
 
     for (Index k = 0; k < n; ++k)

@@ -83,15 +83,6 @@ struct MambaScratch {
   }
 };
 
-// The whole workspace: one scratch slot per thread.
-struct MambaWorkspace {
-  std::byte* scratch = nullptr;
-
-  static MambaWorkspace carve(Arena& arena, const MambaPlan& plan, int threads) {
-    return {arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads))};
-  }
-};
-
 inline MambaPlan make_mamba_plan(const MambaShape& shape) {
   MambaPlan plan;
   plan.shape = shape;
@@ -124,10 +115,10 @@ class MambaKernel {
         plan_(plan),
         softplus_(params.delta_softplus),
         blocks_per_group_(plan.blocks_per_group),
-        arena_(workspace, workspace_bytes_of<MambaWorkspace>(plan, slots)) {
+        arena_(workspace, workspace_bytes_of<ThreadSlots>(plan, slots)) {
     ATTNKIT_CHECK(plan.channels == C && plan.tokens == T, "mamba kernel: plan made for ", plan.channels, " x ",
                   plan.tokens, ", kernel runs ", C, " x ", T, " (internal error)");
-    scratch_ = MambaWorkspace::carve(arena_, plan, slots).scratch;
+    scratch_ = ThreadSlots::carve(arena_, plan, slots).scratch;
   }
 
   void run_item(Index item, int slot) const {
@@ -143,7 +134,7 @@ class MambaKernel {
     const Index end = packed ? args_.cu_seqlens[seq + 1] : shape_.len;
     const Index n_state = shape_.d_state;
 
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const MambaScratch sc = MambaScratch::carve(arena, plan_);
     float* u_buf = sc.u;    // (T, C) u
     float* dt_buf = sc.dt;  // (T, C) delta'

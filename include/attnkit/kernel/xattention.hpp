@@ -47,15 +47,16 @@ struct XGeometry {
   // query sees (its position may lie past q_len: positions are arithmetic).
   Index visible_end(Index r) const {
     const Index last = r * stride + stride - 1;
-    const Index keys = causal ? tile::CausalMask::visible(last, q_len, kv_len).end
-                              : tile::NoMask::visible(last, q_len, kv_len).end;
+    const Index keys =
+        causal ? tile::CausalMask::visible(last, q_len, kv_len).end : tile::NoMask::visible(last, q_len, kv_len).end;
     return (keys + stride - 1) / stride;
   }
   // Diagonal key block of query block qb: the block of the last key its last row sees under the
   // causal alignment (block 0 when it sees none and the call is not causal); -1 when a causal
   // block sees no key.
   Index diagonal(Index qb) const {
-    const Index last_key = tile::CausalMask::visible(std::min(qb * block + block - 1, q_len - 1), q_len, kv_len).end - 1;
+    const Index last_key =
+        tile::CausalMask::visible(std::min(qb * block + block - 1, q_len - 1), q_len, kv_len).end - 1;
     if (kv_blocks == 0 || (causal && last_key < 0)) return -1;
     return std::max<Index>(last_key, 0) / block;
   }

@@ -23,10 +23,10 @@
 #include "attnkit/backend/backend.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/scale.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
-#include "attnkit/core/scale.hpp"
 #include "attnkit/core/workspace_layout.hpp"
 #include "attnkit/kernel/combiner.hpp"
 
@@ -48,7 +48,6 @@ inline Index combiner_segment(Index option, Index seq) {
   if (option > 0) return option;
   return std::max<Index>(1, static_cast<Index>(std::lround(std::sqrt(static_cast<double>(seq)))));
 }
-
 
 template <class Backend>
 class Attention<CombinerFixed, Backend> {

@@ -32,10 +32,10 @@
 #include "attnkit/backend/vec.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/scale.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
-#include "attnkit/core/scale.hpp"
 #include "attnkit/core/workspace_layout.hpp"
 #include "attnkit/kernel/combiner_logsparse.hpp"
 #include "attnkit/tile/online_softmax.hpp"
@@ -51,7 +51,6 @@ struct CombinerLogsparse {
     Workspace workspace{};  // >= workspace_bytes(...) bytes, 64-byte aligned; none: allocated
   };
 };
-
 
 template <class Backend>
 class Attention<CombinerLogsparse, Backend> {

@@ -82,7 +82,6 @@ struct EcoFormerHash {
   View<const float, 3> a{};
 };
 
-
 template <class Backend>
 class Attention<EcoFormer, Backend> {
   using V = vector_t<Backend>;

@@ -154,7 +154,8 @@ class Attention<LinearWith<FeatureMap>, Backend> {
     const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
     const detail::FeaturePlan plan = make_plan(shape, seqs);
     Cost cost;
-    tile::with_causal_mask(options_.causal, [&](auto mask) { cost.flops = detail::feature_products_flops(plan, seqs, mask); });
+    tile::with_causal_mask(options_.causal,
+                           [&](auto mask) { cost.flops = detail::feature_products_flops(plan, seqs, mask); });
     cost.bytes = detail::attention_bytes(shape);
     return cost;
   }
@@ -185,9 +186,9 @@ class Attention<LinearWith<FeatureMap>, Backend> {
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
     tile::with_causal_mask(options_.causal, [&](auto mask) {
-      const detail::FeatureKernel<V, Features, decltype(mask)> kernel(
-          q, k, v, out, shape, seqs, plan, Features{shape.head_dim}, options_.eps, state, workspace.data(),
-          backend_.threads(), mask);
+      const detail::FeatureKernel<V, Features, decltype(mask)> kernel(q, k, v, out, shape, seqs, plan,
+                                                                      Features{shape.head_dim}, options_.eps, state,
+                                                                      workspace.data(), backend_.threads(), mask);
       backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
     });
   }

@@ -56,7 +56,6 @@ struct Mamba {
   };
 };
 
-
 template <class Backend>
 class Attention<Mamba, Backend> {
   using V = vector_t<Backend>;
@@ -99,9 +98,8 @@ class Attention<Mamba, Backend> {
     const detail::MambaPlan plan = detail::make_mamba_plan(shape_of(u, delta, a, b, c, &out, args));
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
-    const detail::MambaScanParams params{args.d,           args.z,          args.delta_bias,
-                                         args.initial_state, args.final_state, args.cu_seqlens,
-                                         options_.delta_softplus};
+    const detail::MambaScanParams params{args.d,           args.z,          args.delta_bias,        args.initial_state,
+                                         args.final_state, args.cu_seqlens, options_.delta_softplus};
     const Kernel kernel(u, delta, a, b, c, out, params, plan, workspace.data(), backend_.threads());
     backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
   }
@@ -191,7 +189,7 @@ class Attention<Mamba, Backend> {
   }
 
   std::size_t workspace_of(const detail::MambaPlan& plan) const {
-    return detail::workspace_bytes_of<detail::MambaWorkspace>(plan, backend_.threads());
+    return detail::workspace_bytes_of<detail::ThreadSlots>(plan, backend_.threads());
   }
 
   Options options_;

@@ -48,7 +48,6 @@ struct Mamba2 {
   };
 };
 
-
 template <class Backend>
 class Attention<Mamba2, Backend> {
   using V = vector_t<Backend>;
@@ -107,9 +106,12 @@ class Attention<Mamba2, Backend> {
     const detail::SsdPlan plan = make_plan(shape_of(x, dt, a, b, c, &out, args));
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
-    const detail::SsdParams params{args.d,           args.z,
-                                   args.dt_bias,     args.initial_state,
-                                   args.final_state, options_.dt_softplus,
+    const detail::SsdParams params{args.d,
+                                   args.z,
+                                   args.dt_bias,
+                                   args.initial_state,
+                                   args.final_state,
+                                   options_.dt_softplus,
                                    options_.form == Mamba2::Form::kRecurrent};
     const Kernel kernel(x, dt, a, b, c, out, params, plan, workspace.data(), backend_.threads());
     backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
@@ -167,7 +169,7 @@ class Attention<Mamba2, Backend> {
     return detail::make_ssd_plan<V>(shape, options_.form == Mamba2::Form::kChunked ? options_.chunk_size : 1);
   }
   std::size_t workspace_of(const detail::SsdPlan& plan) const {
-    return detail::workspace_bytes_of<detail::SsdWorkspace>(plan, backend_.threads());
+    return detail::workspace_bytes_of<detail::ThreadSlots>(plan, backend_.threads());
   }
 
   Options options_;

@@ -50,11 +50,11 @@ namespace detail {
 // FAVOR+ positive random features of rows of x (head_dim floats each).
 template <class V>
 struct RandomFeatures {
-  Index dim = 0;                // d
-  Index m = 0;                  // features
-  View<const float, 2> w{};     // (m, d)
+  Index dim = 0;             // d
+  Index m = 0;               // features
+  View<const float, 2> w{};  // (m, d)
   float stabilizer = 0;
-  const float* wt = nullptr;    // (d, m): Wᵀ, in the kernel's shared floats (bind)
+  const float* wt = nullptr;  // (d, m): Wᵀ, in the kernel's shared floats (bind)
 
   static std::size_t scratch_floats(Index dim) {
     const Index rows = RegisterTile<V>::pad_rows(kFeatureChunk);

@@ -33,10 +33,10 @@
 #include "attnkit/backend/backend.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/scale.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
-#include "attnkit/core/scale.hpp"
 #include "attnkit/core/workspace_layout.hpp"
 #include "attnkit/kernel/probsparse.hpp"
 
@@ -87,7 +87,6 @@ inline void probsparse_sample_indices(std::uint64_t seed, Index q_len, Index kv_
     out[e] = static_cast<std::int32_t>(x % static_cast<std::uint64_t>(kv_len));
   }
 }
-
 
 template <class Backend>
 class Attention<ProbSparse, Backend> {
