@@ -21,7 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "attnkit/core/cost.hpp"
+#include "attnkit/core/scale.hpp"
 #include "attnkit/mechanism/dense.hpp"
+#include "attnkit/tile/mask.hpp"
 
 namespace attnkit {
 
@@ -58,8 +61,11 @@ struct BlockMask {
 // visible (query, key) pair that the mask lists (blocks past the causal diagonal never count).
 inline std::vector<double> block_density(const BlockMask& mask, Index q_len, Index kv_len, Index block, bool causal) {
   std::vector<double> density;
+  // A key block holds a visible pair iff its first key is before the end of the keys the query
+  // block's last row sees.
   auto visible = [&](Index qb, Index kb) {
-    return !causal || kb * block <= std::min(qb * block + block - 1, q_len - 1) + kv_len - q_len;
+    const Index last_row = std::min(qb * block + block - 1, q_len - 1);
+    return !causal || kb * block < tile::CausalMask::visible(last_row, q_len, kv_len).end;
   };
   for (Index b = 0; b < mask.batch; ++b)
     for (Index h = 0; h < mask.heads; ++h) {
@@ -160,16 +166,12 @@ void run_block_sparse(const Backend& backend, const View<const float, 4>& q, con
   const DensePlan plan = make_block_sparse_plan(shape, seqs, block, RegisterTile<V>::geometry);
   if (plan.items == 0) return;
   // Every row writes its output (zeros when it sees no listed key), so out needs no clearing.
-  auto launch = [&](auto mask_policy) {
+  tile::with_causal_mask(causal, [&](auto mask_policy) {
     const DenseKernel<V, decltype(mask_policy), ListedKeyBlocks> kernel(q, k, v, out, View<float, 3>{}, shape, seqs,
                                                                         plan, scale, workspace, backend.threads(),
                                                                         mask_policy, ListedKeyBlocks{&mask, block});
     backend.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
-  };
-  if (causal)
-    launch(tile::CausalMask{});
-  else
-    launch(tile::NoMask{});
+  });
 }
 
 template <class V>
@@ -182,23 +184,21 @@ std::size_t block_sparse_workspace(const AttentionShape& shape, Index block, int
 // FLOPs and bytes of a block-sparse call: the visible (query, key) pairs of the listed blocks.
 inline Cost block_sparse_cost(const AttentionShape& shape, const BlockMask& mask, Index block, bool causal) {
   double pairs = 0;
-  for (Index b = 0; b < shape.batch; ++b)
-    for (Index h = 0; h < mask.heads; ++h)
-      for (Index qb = 0; qb < mask.q_blocks; ++qb)
-        for (const std::int32_t kb : mask.blocks(b, h, qb))
-          for (Index i = qb * block; i < std::min((qb + 1) * block, shape.q_len); ++i) {
-            const tile::KeyRange seen = causal ? tile::CausalMask::visible(i, shape.q_len, shape.kv_len)
-                                               : tile::NoMask::visible(i, shape.q_len, shape.kv_len);
-            const Index first = std::max<Index>(seen.begin, kb * block);
-            const Index last = std::min<Index>(seen.end, (kb + 1) * block);
-            pairs += static_cast<double>(std::max<Index>(last - first, 0));
-          }
+  tile::with_causal_mask(causal, [&](auto policy) {
+    for (Index b = 0; b < shape.batch; ++b)
+      for (Index h = 0; h < mask.heads; ++h)
+        for (Index qb = 0; qb < mask.q_blocks; ++qb)
+          for (const std::int32_t kb : mask.blocks(b, h, qb))
+            for (Index i = qb * block; i < std::min((qb + 1) * block, shape.q_len); ++i) {
+              const tile::KeyRange seen = policy.visible(i, shape.q_len, shape.kv_len);
+              const Index first = std::max<Index>(seen.begin, kb * block);
+              const Index last = std::min<Index>(seen.end, (kb + 1) * block);
+              pairs += static_cast<double>(std::max<Index>(last - first, 0));
+            }
+  });
   Cost cost;
   cost.flops = 2.0 * pairs * static_cast<double>(shape.head_dim + shape.v_dim);
-  const double out_heads = static_cast<double>(shape.heads.out_heads());
-  cost.bytes = sizeof(float) * static_cast<double>(shape.batch) *
-               (static_cast<double>(shape.q_len) * (shape.heads.q_heads * shape.head_dim + out_heads * shape.v_dim) +
-                static_cast<double>(shape.kv_len) * shape.heads.kv_heads * (shape.head_dim + shape.v_dim));
+  cost.bytes = attention_bytes(shape);
   return cost;
 }
 
@@ -214,7 +214,7 @@ class Attention<BlockSparse, Backend> {
 
   explicit Attention(Options options = {}, Backend backend = {}) : options_(options), backend_(backend) {
     ATTNKIT_CHECK(options_.block >= 1, "options.block is ", options_.block, ", expected >= 1");
-    detail::check_scale(options_.scale);
+    detail::check_scale_option(options_.scale);
   }
 
   std::string name() const { return "block-sparse/" + Backend::name(); }
@@ -238,7 +238,7 @@ class Attention<BlockSparse, Backend> {
     detail::check_block_mask(mask, shape, options_.block);
     const detail::ScopedWorkspace workspace(
         args.workspace, detail::block_sparse_workspace<V>(shape, options_.block, backend_.threads()));
-    const float scale = options_.scale.value_or(1.0f / std::sqrt(static_cast<float>(shape.head_dim)));
+    const float scale = detail::scale_or_default(options_.scale, shape.head_dim);
     detail::run_block_sparse<V>(backend_, q, k, v, mask, out, shape, options_.block, options_.causal, scale,
                                 workspace.data());
   }

@@ -8,8 +8,8 @@
 // Decode: LinearState holds S (features x v_dim) and z (features) per batch entry and kv head; a
 // causal call given a state continues from it and leaves it holding every key seen, so step()
 // (one token) repeated over a sequence equals the causal result.
-// cost() counts the chunk products (feature_attention.hpp); the elementwise map, like dense's exp,
-// is not counted. The chunked kernel lives in feature_attention.hpp; the reference in
+// cost() counts the chunk products (kernel/feature.hpp); the elementwise map, like dense's exp,
+// is not counted. The chunked kernel lives in kernel/feature.hpp; the reference in
 // reference/linear.hpp.
 #pragma once
 
@@ -26,7 +26,9 @@
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
-#include "attnkit/mechanism/feature_attention.hpp"
+#include "attnkit/core/workspace_layout.hpp"
+#include "attnkit/kernel/feature.hpp"
+#include "attnkit/tile/mask.hpp"
 
 namespace attnkit {
 
@@ -100,6 +102,7 @@ struct ElementwiseFeatures {
   Index dim = 0;
 
   Index count() const { return dim; }
+  void bind(float*) {}
   float key_shift(const float*, Index, Index, float*, float*) const { return 0.0f; }
   void queries(const float* x, Index ldx, Index rows, Index rows_pad, float* phi, float*) const {
     map_rows(x, ldx, rows, rows_pad, phi);
@@ -149,19 +152,18 @@ class Attention<LinearWith<FeatureMap>, Backend> {
             const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
-    const detail::FeaturePlan plan = detail::make_feature_plan<V>(shape, seqs, shape.head_dim, 0);
+    const detail::FeaturePlan plan = make_plan(shape, seqs);
     Cost cost;
-    cost.flops = detail::feature_products_flops(plan, seqs, options_.causal);
-    cost.bytes = sizeof(float) * static_cast<double>(q.size() + k.size() + v.size()) +
-                 sizeof(float) * static_cast<double>(shape.batch * shape.q_len * shape.heads.out_heads() * shape.v_dim);
+    tile::with_causal_mask(options_.causal,
+                           [&](auto mask) { cost.flops = detail::feature_products_flops(plan, seqs, mask); });
+    cost.bytes = detail::attention_bytes(shape);
     return cost;
   }
 
   std::size_t workspace_bytes(const View<const float, 4>& q, const View<const float, 4>& k,
                               const View<const float, 4>& v, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
-    return workspace_of(
-        detail::make_feature_plan<V>(shape, SequenceLayout::padded(shape, args.lengths), shape.head_dim, 0));
+    return workspace_of(make_plan(shape, SequenceLayout::padded(shape, args.lengths)));
   }
 
   void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
@@ -180,13 +182,15 @@ class Attention<LinearWith<FeatureMap>, Backend> {
       state = {args.state->s(), args.state->z()};
     }
     detail::zero_rows_past_lengths(out, seqs);
-    const detail::FeaturePlan plan = detail::make_feature_plan<V>(shape, seqs, shape.head_dim, 0);
+    const detail::FeaturePlan plan = make_plan(shape, seqs);
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
-    const Features features{shape.head_dim};
-    const detail::FeatureKernel<V, Features> kernel(q, k, v, out, shape, seqs, plan, features, options_.eps,
-                                                    options_.causal, state, static_cast<std::byte*>(workspace.data()));
-    backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+    tile::with_causal_mask(options_.causal, [&](auto mask) {
+      const detail::FeatureKernel<V, Features, decltype(mask)> kernel(q, k, v, out, shape, seqs, plan,
+                                                                      Features{shape.head_dim}, options_.eps, state,
+                                                                      workspace.data(), backend_.threads(), mask);
+      backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+    });
   }
 
   // One decode step: q (B, 1, Hq, D), k (B, 1, Hkv, D), v (B, 1, Hkv, Dv) -> out (B, 1, Ho, Dv);
@@ -199,9 +203,11 @@ class Attention<LinearWith<FeatureMap>, Backend> {
   }
 
  private:
+  static detail::FeaturePlan make_plan(const AttentionShape& shape, const SequenceLayout& seqs) {
+    return detail::make_feature_plan<V>(shape, seqs, shape.head_dim, 0, 0);
+  }
   std::size_t workspace_of(const detail::FeaturePlan& plan) const {
-    if (plan.items == 0) return 0;
-    return plan.scratch_bytes * static_cast<std::size_t>(backend_.threads());
+    return detail::workspace_bytes_of<detail::FeatureWorkspace>(plan, backend_.threads());
   }
 
   Options options_;

@@ -7,7 +7,7 @@
 //   make_fast_softmax_attention passes.
 //   out_i = phi(q_i)ᵀ Σ_j phi(k_j) v_jᵀ / (phi(q_i) · Σ_j phi(k_j)): bidirectional over all keys, or
 //   unidirectional (causal, bottom-right aligned) over keys j <= i + kv_len - q_len, through the
-//   chunked kernel of feature_attention.hpp. A row that sees no key gets zeros.
+//   chunked kernel of kernel/feature.hpp. A row that sees no key gets zeros.
 // W is shared by all heads; gaussian_orthogonal_features() (performer_features.hpp) makes one from
 // a seed. Keys past a padded length are left out (of the sums and of the key max); query rows past
 // a length are zeros. Head mapping as dense. The key max needs every key first, so keys are
@@ -27,7 +27,9 @@
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
-#include "attnkit/mechanism/feature_attention.hpp"
+#include "attnkit/core/workspace_layout.hpp"
+#include "attnkit/kernel/feature.hpp"
+#include "attnkit/tile/mask.hpp"
 
 namespace attnkit {
 
@@ -48,10 +50,11 @@ namespace detail {
 // FAVOR+ positive random features of rows of x (head_dim floats each).
 template <class V>
 struct RandomFeatures {
-  Index dim = 0;              // d
-  Index m = 0;                // features
-  const float* wt = nullptr;  // (d, m): Wᵀ
+  Index dim = 0;             // d
+  Index m = 0;               // features
+  View<const float, 2> w{};  // (m, d)
   float stabilizer = 0;
+  const float* wt = nullptr;  // (d, m): Wᵀ, in the kernel's shared floats (bind)
 
   static std::size_t scratch_floats(Index dim) {
     const Index rows = RegisterTile<V>::pad_rows(kFeatureChunk);
@@ -59,6 +62,14 @@ struct RandomFeatures {
   }
 
   Index count() const { return m; }
+  static std::size_t shared_floats(Index dim, Index m) { return static_cast<std::size_t>(dim * m); }
+
+  // Wᵀ into the shared floats.
+  void bind(float* shared) {
+    for (Index a = 0; a < m; ++a)
+      for (Index f = 0; f < dim; ++f) shared[f * m + a] = w(a, f);
+    wt = shared;
+  }
 
   // max over the keys' projections u (all m of every real key); 0 without keys.
   float key_shift(const float* x, Index ldx, Index keys, float* block, float* scratch) const {
@@ -158,9 +169,10 @@ class Attention<Performer, Backend> {
     const double projection = 2.0 * static_cast<double>(w.extent(0) * shape.head_dim);
     Cost cost;
     // products + query projections + key projections (twice: the max pass and the feature pass)
-    cost.flops = detail::feature_products_flops(plan, seqs, options_.causal) + projection * (q_rows + 2.0 * k_rows);
-    cost.bytes = sizeof(float) * static_cast<double>(q.size() + k.size() + v.size() + w.size()) +
-                 sizeof(float) * static_cast<double>(shape.batch * shape.q_len * shape.heads.out_heads() * shape.v_dim);
+    tile::with_causal_mask(options_.causal,
+                           [&](auto mask) { cost.flops = detail::feature_products_flops(plan, seqs, mask); });
+    cost.flops += projection * (q_rows + 2.0 * k_rows);
+    cost.bytes = detail::attention_bytes(shape) + sizeof(float) * static_cast<double>(w.size());
     return cost;
   }
 
@@ -169,7 +181,7 @@ class Attention<Performer, Backend> {
                               const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     check_projection(w, shape);
-    return workspace_of(make_plan(shape, SequenceLayout::padded(shape, args.lengths), w), w);
+    return workspace_of(make_plan(shape, SequenceLayout::padded(shape, args.lengths), w));
   }
 
   void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
@@ -180,17 +192,13 @@ class Attention<Performer, Backend> {
     detail::zero_rows_past_lengths(out, seqs);
     const detail::FeaturePlan plan = make_plan(shape, seqs, w);
     if (plan.items == 0) return;
-    const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan, w));
-    detail::Arena arena(workspace.data(), workspace.bytes());
-    const Index m = w.extent(0), d = shape.head_dim;
-    float* wt = arena.take<float>(d * m);  // (d, m) = Wᵀ
-    for (Index a = 0; a < m; ++a)
-      for (Index f = 0; f < d; ++f) wt[f * m + a] = w(a, f);
-    std::byte* scratch = arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(backend_.threads()));
-    const Features features{d, m, wt, options_.stabilizer};
-    const detail::FeatureKernel<V, Features> kernel(q, k, v, out, shape, seqs, plan, features, 0.0f, options_.causal,
-                                                    {}, scratch);
-    backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+    const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
+    const Features features{shape.head_dim, w.extent(0), w, options_.stabilizer};
+    tile::with_causal_mask(options_.causal, [&](auto mask) {
+      const detail::FeatureKernel<V, Features, decltype(mask)> kernel(q, k, v, out, shape, seqs, plan, features, 0.0f,
+                                                                      {}, workspace.data(), backend_.threads(), mask);
+      backend_.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+    });
   }
 
  private:
@@ -203,13 +211,12 @@ class Attention<Performer, Backend> {
 
   static detail::FeaturePlan make_plan(const AttentionShape& shape, const SequenceLayout& seqs,
                                        const View<const float, 2>& w) {
-    return detail::make_feature_plan<V>(shape, seqs, w.extent(0), Features::scratch_floats(shape.head_dim));
+    return detail::make_feature_plan<V>(shape, seqs, w.extent(0), Features::shared_floats(shape.head_dim, w.extent(0)),
+                                        Features::scratch_floats(shape.head_dim));
   }
 
-  std::size_t workspace_of(const detail::FeaturePlan& plan, const View<const float, 2>& w) const {
-    if (plan.items == 0) return 0;
-    return detail::array_bytes<float>(static_cast<std::size_t>(w.size())) +
-           detail::array_bytes<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(backend_.threads()));
+  std::size_t workspace_of(const detail::FeaturePlan& plan) const {
+    return detail::workspace_bytes_of<detail::FeatureWorkspace>(plan, backend_.threads());
   }
 
   Options options_;

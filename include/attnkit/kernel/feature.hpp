@@ -1,15 +1,18 @@
 // The chunked kernel shared by the feature-map mechanisms (Linear, Performer): given a feature
 // map phi, out_i = phi(q_i)ᵀ S / (phi(q_i) · z + eps) with S = Σ_j phi(k_j) v_jᵀ and
-// z = Σ_j phi(k_j) over the keys j that query i sees.
-//   Non-causal: one pass over the keys builds S and z, then every query chunk is two small GEMMs.
-//   Causal: queries and keys advance together in chunks of kFeatureChunk positions; a chunk sees
-//   the running state (all earlier keys) plus its own keys through a masked chunk x chunk product,
-//   so all the work is GEMM-shaped (no per-token outer products).
-// Work items are (sequence, kv head): the state depends on keys and values only, so the out heads
-// of a GQA group share it. Each item runs start to end on one thread, so results do not depend on
-// the thread count. The feature maps themselves live with their mechanisms (linear.hpp,
-// performer.hpp); they fill row-major (rows, features) blocks through the interface below.
-// Not here: validation and the front doors (mechanism headers), the references (reference/).
+// z = Σ_j phi(k_j) over the keys j that query i sees (a Mask policy, tile/mask.hpp: NoMask or
+// CausalMask). Queries advance in chunks of kFeatureChunk positions; before a chunk, the keys
+// every row of it sees in full (seen_before) enter the running state (S, z), and the rest of the
+// keys its last row sees are a masked chunk x chunk product, so all the work is GEMM-shaped (no
+// per-token outer products). Without a mask every key is in the state before the first chunk.
+//   FeaturePlan       sizes of one call, a function of the shape and the feature count only; it
+//                     owns every buffer extent and padding (FeatureScratch::carve lays them out).
+//   FeatureKernel     runs the plan's work items (sequence, kv head): the state depends on keys
+//                     and values only, so the out heads of a GQA group share it. Each item runs
+//                     start to end on one thread, so results do not depend on the thread count.
+// The feature maps themselves live with their mechanisms (mechanism/linear.hpp,
+// mechanism/performer.hpp); they fill row-major (rows, features) blocks through the interface
+// below. Not here: validation and the front doors (mechanism/), the references (reference/).
 #pragma once
 
 #include <algorithm>
@@ -17,9 +20,12 @@
 
 #include "attnkit/backend/arrays.hpp"
 #include "attnkit/backend/vec.hpp"
+#include "attnkit/core/error.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
+#include "attnkit/core/workspace_layout.hpp"
+#include "attnkit/tile/mask.hpp"
 #include "attnkit/tile/microkernel.hpp"
 #include "attnkit/tile/pack.hpp"
 #include "attnkit/tile/tile_shape.hpp"
@@ -42,60 +48,95 @@ inline void gemm_accumulate(Index rows, Index n, Index k, const float* a, Index 
 
 // Sizes of one feature-attention call; a function of the shape and the feature count only.
 struct FeaturePlan {
-  Index features = 0;      // m: features per row
-  Index feature_rows = 0;  // m padded to the register tile (rows of the transposed key block)
-  Index chunk_rows = 0;    // kFeatureChunk padded to the register tile
-  Index group = 1;         // out heads per kv head
-  Index kv_groups = 0;     // kv heads
-  Index items = 0;         // sequences * kv_groups
+  Index features = 0;           // m: features per row
+  Index feature_rows = 0;       // m padded to the register tile (rows of the transposed key block)
+  Index chunk = kFeatureChunk;  // query positions per chunk, keys per state update
+  Index chunk_rows = 0;         // chunk padded to the register tile
+  Index group = 1;              // out heads per kv head
+  Index kv_groups = 0;          // kv heads
+  Index items = 0;              // sequences * kv_groups
   Index v_dim = 0;
+  std::size_t feature_shared = 0;   // floats the feature map keeps for all threads (FeatureKernel binds them)
   std::size_t feature_scratch = 0;  // floats the feature map needs per thread
-  std::size_t scratch_bytes = 0;    // per thread
+  std::size_t scratch_bytes = 0;    // per thread: FeatureScratch::carve
+};
+
+// One thread's scratch. carve() is the only description of its layout: the plan sizes it by
+// carving from a measuring arena, the kernel by carving the thread's slot.
+struct FeatureScratch {
+  float* qf = nullptr;       // (chunk_rows, m) phi(q) of a chunk
+  float* kf = nullptr;       // (chunk_rows, m) phi(k) of a chunk
+  float* kft = nullptr;      // (feature_rows, chunk) phi(k) transposed
+  float* a = nullptr;        // (chunk_rows, chunk) masked chunk scores
+  float* o = nullptr;        // (chunk_rows, v_dim) numerators
+  float* s = nullptr;        // (feature_rows, v_dim) S
+  float* z = nullptr;        // (feature_rows) z
+  float* den = nullptr;      // (chunk_rows) denominators
+  float* scratch = nullptr;  // (feature_scratch) the feature map's own
+
+  static FeatureScratch carve(Arena& arena, const FeaturePlan& plan) {
+    const Index m = plan.features, mp = plan.feature_rows, cr = plan.chunk_rows, c = plan.chunk, dv = plan.v_dim;
+    FeatureScratch b;
+    b.qf = arena.take<float>(cr * m);
+    b.kf = arena.take<float>(cr * m);
+    b.kft = arena.take<float>(mp * c);
+    b.a = arena.take<float>(cr * c);
+    b.o = arena.take<float>(cr * dv);
+    b.s = arena.take<float>(mp * dv);
+    b.z = arena.take<float>(mp);
+    b.den = arena.take<float>(cr);
+    b.scratch = arena.take<float>(plan.feature_scratch);
+    return b;
+  }
+};
+
+// The whole workspace of a call: the feature map's shared floats, then one scratch slot per thread.
+struct FeatureWorkspace {
+  float* shared = nullptr;       // (feature_shared)
+  std::byte* scratch = nullptr;  // (threads, scratch_bytes)
+
+  static FeatureWorkspace carve(Arena& arena, const FeaturePlan& plan, int threads) {
+    FeatureWorkspace w;
+    w.shared = arena.take<float>(plan.feature_shared);
+    w.scratch = take_thread_slots(arena, plan, threads);
+    return w;
+  }
 };
 
 template <class V>
 FeaturePlan make_feature_plan(const AttentionShape& shape, const SequenceLayout& seqs, Index features,
-                              std::size_t feature_scratch) {
+                              std::size_t feature_shared, std::size_t feature_scratch) {
   using Tile = RegisterTile<V>;
   FeaturePlan plan;
   plan.features = features;
   plan.feature_rows = Tile::pad_rows(features);
-  plan.chunk_rows = Tile::pad_rows(kFeatureChunk);
+  plan.chunk_rows = Tile::pad_rows(plan.chunk);
   plan.group = shape.heads.group();
   plan.kv_groups = shape.heads.out_heads() / plan.group;
   plan.items = seqs.count() * plan.kv_groups;
   plan.v_dim = shape.v_dim;
+  plan.feature_shared = feature_shared;
   plan.feature_scratch = feature_scratch;
-  const Index m = features, mp = plan.feature_rows, cr = plan.chunk_rows, c = kFeatureChunk, dv = shape.v_dim;
-  plan.scratch_bytes = 2 * array_bytes<float>(cr * m) +  // phi(q), phi(k) chunks
-                       array_bytes<float>(mp * c) +      // phi(k) chunk transposed
-                       array_bytes<float>(cr * c) +      // masked chunk scores
-                       array_bytes<float>(cr * dv) +     // numerators
-                       array_bytes<float>(mp * dv) +     // S
-                       array_bytes<float>(mp) +          // z
-                       array_bytes<float>(cr) +          // denominators
-                       array_bytes<float>(feature_scratch);
+  plan.scratch_bytes = scratch_bytes_of<FeatureScratch>(plan);
   return plan;
 }
 
 // FLOPs of the chunk products for one call (feature maps add their own): per (sequence, kv head)
 // the state update 2 m (dv + 1) per key, and per out head the state read 2 m (dv + 1) per query,
-// plus, when causal, the masked chunk block 2 rows keys (m + dv + 1) as computed (full chunks).
-inline double feature_products_flops(const FeaturePlan& plan, const SequenceLayout& seqs, bool causal) {
+// plus each chunk's masked block 2 rows keys (m + dv + 1) as computed (full chunks).
+template <class Mask>
+double feature_products_flops(const FeaturePlan& plan, const SequenceLayout& seqs, const Mask& mask) {
   const double m = static_cast<double>(plan.features), dv = static_cast<double>(plan.v_dim);
   double flops = 0;
   for (Index s = 0; s < seqs.count(); ++s) {
     const Sequence seq = seqs[s];
     double per_group = 2.0 * m * (dv + 1) * static_cast<double>(seq.kv_len);
     per_group += 2.0 * m * (dv + 1) * static_cast<double>(seq.q_len * plan.group);
-    if (causal) {
-      const Index offset = seq.kv_len - seq.q_len;
-      for (Index i0 = 0; i0 < seq.q_len; i0 += kFeatureChunk) {
-        const Index i1 = std::min(i0 + kFeatureChunk, seq.q_len);
-        const Index lo = std::clamp<Index>(i0 + offset, 0, seq.kv_len),
-                    hi = std::clamp<Index>(i1 + offset, 0, seq.kv_len);
-        per_group += 2.0 * static_cast<double>((i1 - i0) * (hi - lo) * plan.group) * (m + dv + 1);
-      }
+    for (Index i0 = 0; i0 < seq.q_len; i0 += plan.chunk) {
+      const Index i1 = std::min(i0 + plan.chunk, seq.q_len);
+      const Index lo = tile::seen_before(mask, i0, seq.q_len, seq.kv_len);
+      const Index hi = mask.visible(i1 - 1, seq.q_len, seq.kv_len).end;
+      if (hi > lo) per_group += 2.0 * static_cast<double>((i1 - i0) * (hi - lo) * plan.group) * (m + dv + 1);
     }
     flops += per_group * static_cast<double>(plan.kv_groups);
   }
@@ -109,14 +150,17 @@ struct FeatureState {
   View<float, 3> z{};
 };
 
-// Features: the feature map of one call, const and shared by all threads. It provides
+// Features: the feature map of one call, copied into the kernel and shared by all threads. It provides
 //   Index count() const                                              m
+//   void bind(float* shared)                                         the plan's feature_shared floats,
+//       called once by the kernel before any item runs (the map fills them: Performer's Wᵀ)
 //   float key_shift(const float* k, Index ldk, Index keys, float* block, float* scratch) const
 //       a constant of the item's keys (Performer: their max projection); block: (chunk_rows, m)
 //   void queries(const float* x, Index ldx, Index rows, Index rows_pad, float* phi, float* scratch) const
 //   void keys(const float* x, Index ldx, Index rows, Index rows_pad, float shift, float* phi, float* scratch) const
 //       phi (rows_pad, m) row-major; rows past `rows` are zeros.
-template <class V, class Features>
+// Mask: NoMask or CausalMask (ranges starting at key 0, so earlier keys can live in the state).
+template <class V, class Features, class Mask>
 class FeatureKernel {
   using Tile = RegisterTile<V>;
   static constexpr Index C = kFeatureChunk;
@@ -124,8 +168,8 @@ class FeatureKernel {
  public:
   FeatureKernel(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
                 const View<float, 4>& out, const AttentionShape& shape, const SequenceLayout& seqs,
-                const FeaturePlan& plan, const Features& features, float eps, bool causal, FeatureState state,
-                std::byte* scratch)
+                const FeaturePlan& plan, const Features& features, float eps, FeatureState state, void* workspace,
+                int slots, Mask mask = {})
       : q_(q),
         k_(k),
         v_(v),
@@ -135,28 +179,23 @@ class FeatureKernel {
         plan_(plan),
         features_(features),
         eps_(eps),
-        causal_(causal),
         state_(state),
-        scratch_(scratch) {}
+        mask_(mask),
+        arena_(workspace, workspace_bytes_of<FeatureWorkspace>(plan, slots)) {
+    ATTNKIT_CHECK(plan.chunk == C, "feature kernel: plan chunk ", plan.chunk, ", kernel runs ", C, " (internal error)");
+    const FeatureWorkspace w = FeatureWorkspace::carve(arena_, plan, slots);
+    features_.bind(w.shared);
+    scratch_ = w.scratch;
+  }
 
   void run_item(Index item, int slot) const {
     const Index kv_group = item % plan_.kv_groups;
     const Sequence seq = seqs_[item / plan_.kv_groups];
     const Index kv_head = shape_.heads.kv_head(kv_group * plan_.group);
-    const Index m = plan_.features, mp = plan_.feature_rows, cr = plan_.chunk_rows, dv = plan_.v_dim;
+    const Index m = plan_.features, mp = plan_.feature_rows, dv = plan_.v_dim;
 
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
-    Buffers buf;
-    buf.qf = arena.take<float>(cr * m);   // (chunk_rows, m)
-    buf.kf = arena.take<float>(cr * m);   // (chunk_rows, m)
-    buf.kft = arena.take<float>(mp * C);  // (feature_rows, chunk)
-    buf.a = arena.take<float>(cr * C);    // (chunk_rows, chunk)
-    buf.o = arena.take<float>(cr * dv);   // (chunk_rows, dv)
-    buf.s = arena.take<float>(mp * dv);   // (feature_rows, dv)
-    buf.z = arena.take<float>(mp);        // (feature_rows)
-    buf.den = arena.take<float>(cr);      // (chunk_rows)
-    buf.scratch = arena.take<float>(plan_.feature_scratch);
-
+    Arena arena = thread_slot(scratch_, plan_, slot);
+    const FeatureScratch buf = FeatureScratch::carve(arena, plan_);
     std::fill(buf.s, buf.s + mp * dv, 0.0f);
     std::fill(buf.z, buf.z + mp, 0.0f);
     const bool stateful = state_.s.data() != nullptr;
@@ -174,38 +213,19 @@ class FeatureKernel {
               0.0f};
     keys.shift = features_.key_shift(keys.k, keys.ldk, seq.kv_len, buf.kf, buf.scratch);
 
-    if (!causal_) {
-      for (Index j0 = 0; j0 < seq.kv_len; j0 += C) {
-        const Index n = std::min(C, seq.kv_len - j0);
-        key_block(keys, j0, n, buf);
-        add_to_state(keys, j0, n, buf);
-      }
-      for (Index i0 = 0; i0 < seq.q_len; i0 += C)
-        for (Index h = 0; h < plan_.group; ++h)
-          query_block(seq, kv_group * plan_.group + h, i0, std::min(C, seq.q_len - i0), 0, 0, buf);
-    } else {
-      // Bottom-right aligned: query i sees keys j <= i + offset.
-      const Index offset = seq.kv_len - seq.q_len;
-      Index done = 0;  // keys [0, done) are in the state
-      for (Index i0 = 0; i0 < seq.q_len; i0 += C) {
-        const Index i1 = std::min(i0 + C, seq.q_len);
-        const Index lo = std::clamp<Index>(i0 + offset, 0, seq.kv_len);
-        const Index hi = std::clamp<Index>(i1 + offset, 0, seq.kv_len);
-        for (; done < lo; done += std::min(C, lo - done)) {
-          key_block(keys, done, std::min(C, lo - done), buf);
-          add_to_state(keys, done, std::min(C, lo - done), buf);
-        }
-        if (hi > lo) key_block(keys, lo, hi - lo, buf);
-        for (Index h = 0; h < plan_.group; ++h) query_block(seq, kv_group * plan_.group + h, i0, i1 - i0, lo, hi, buf);
-        if (hi > lo) add_to_state(keys, lo, hi - lo, buf);
-        done = std::max(done, hi);
-      }
-      if (stateful)
-        for (; done < seq.kv_len; done += std::min(C, seq.kv_len - done)) {
-          key_block(keys, done, std::min(C, seq.kv_len - done), buf);
-          add_to_state(keys, done, std::min(C, seq.kv_len - done), buf);
-        }
+    Index done = 0;  // keys [0, done) are in the state
+    for (Index i0 = 0; i0 < seq.q_len; i0 += C) {
+      const Index i1 = std::min(i0 + C, seq.q_len);
+      // Keys [0, lo) every row of the chunk sees: the state; [lo, hi) the rest its last row sees.
+      const Index lo = tile::seen_before(mask_, i0, seq.q_len, seq.kv_len);
+      const Index hi = mask_.visible(i1 - 1, seq.q_len, seq.kv_len).end;
+      add_keys(keys, done, lo, buf);
+      if (hi > lo) key_block(keys, lo, hi - lo, buf);
+      for (Index h = 0; h < plan_.group; ++h) query_block(seq, kv_group * plan_.group + h, i0, i1 - i0, lo, hi, buf);
+      if (hi > lo) add_to_state(keys, lo, hi - lo, buf);
+      done = std::max(done, hi);
     }
+    if (stateful) add_keys(keys, done, seq.kv_len, buf);
 
     if (stateful)
       for (Index f = 0; f < m; ++f) {
@@ -215,9 +235,6 @@ class FeatureKernel {
   }
 
  private:
-  struct Buffers {
-    float *qf, *kf, *kft, *a, *o, *s, *z, *den, *scratch;
-  };
   struct Keys {
     const float* k;
     Index ldk;
@@ -227,8 +244,16 @@ class FeatureKernel {
     float shift;
   };
 
+  // Adds keys [done, end) to the state in chunks of C and advances done to end (when below it).
+  void add_keys(const Keys& keys, Index& done, Index end, const FeatureScratch& buf) const {
+    for (; done < end; done += std::min(C, end - done)) {
+      key_block(keys, done, std::min(C, end - done), buf);
+      add_to_state(keys, done, std::min(C, end - done), buf);
+    }
+  }
+
   // kft (feature_rows, chunk) = phi(k) of keys [j0, j0 + n) transposed, zero past n and m.
-  void key_block(const Keys& keys, Index j0, Index n, const Buffers& buf) const {
+  void key_block(const Keys& keys, Index j0, Index n, const FeatureScratch& buf) const {
     const Index m = plan_.features, mp = plan_.feature_rows;
     const Index next = std::min(C, keys.count - (j0 + n));  // the chunk after this one
     prefetch_rows(keys.k + (j0 + n) * keys.ldk, keys.ldk, next, shape_.head_dim);
@@ -240,16 +265,16 @@ class FeatureKernel {
   }
 
   // S (m, dv) += phi(K)ᵀ V and z += Σ_j phi(k_j) over the n keys of the current kf / kft block.
-  void add_to_state(const Keys& keys, Index j0, Index n, const Buffers& buf) const {
+  void add_to_state(const Keys& keys, Index j0, Index n, const FeatureScratch& buf) const {
     gemm_accumulate<V>(plan_.feature_rows, plan_.v_dim, n, buf.kft, C, keys.v + j0 * keys.ldv, keys.ldv, buf.s,
                        plan_.v_dim);
     for (Index j = 0; j < n; ++j) add_to<V>(buf.kf + j * plan_.features, buf.z, plan_.features);
   }
 
-  // Out rows [i0, i0 + rows) of one out head: the state's share, plus (causal) the masked block
-  // of keys [lo, hi) held in kft.
+  // Out rows [i0, i0 + rows) of one out head: the state's share, plus the masked block of keys
+  // [lo, hi) held in kft.
   void query_block(const Sequence& seq, Index out_head, Index i0, Index rows, Index lo, Index hi,
-                   const Buffers& buf) const {
+                   const FeatureScratch& buf) const {
     const Index m = plan_.features, cr = plan_.chunk_rows, dv = plan_.v_dim;
     const Index q_head = shape_.heads.q_head(out_head);
     const Index next = std::min(C, seq.q_len - (i0 + rows));  // this head's next chunk
@@ -259,13 +284,13 @@ class FeatureKernel {
     std::fill(buf.o, buf.o + cr * dv, 0.0f);
     gemm_accumulate<V>(cr, dv, m, buf.qf, m, buf.s, dv, buf.o, dv);  // (rows, dv) = phi(Q) S
     for (Index r = 0; r < rows; ++r) buf.den[r] = dot<V>(buf.qf + r * m, buf.z, m);
-    const Index offset = seq.kv_len - seq.q_len;
     if (hi > lo) {
       std::fill(buf.a, buf.a + cr * C, 0.0f);
       gemm_accumulate<V>(cr, C, m, buf.qf, m, buf.kft, C, buf.a, C);  // (rows, keys) = phi(Q) phi(K)ᵀ
       for (Index r = 0; r < rows; ++r) {
         float* a_row = buf.a + r * C;
-        const Index seen = std::clamp<Index>(i0 + r + offset + 1 - lo, 0, hi - lo);  // keys lo .. lo + seen - 1
+        const Index end = mask_.visible(i0 + r, seq.q_len, seq.kv_len).end;
+        const Index seen = std::clamp<Index>(end - lo, 0, hi - lo);  // keys lo .. lo + seen - 1
         std::fill(a_row + seen, a_row + C, 0.0f);
         buf.den[r] += sum<V>(a_row, seen);
       }
@@ -275,10 +300,10 @@ class FeatureKernel {
     }
     for (Index r = 0; r < rows; ++r) {
       const Index pos = i0 + r;
-      const bool sees_keys = causal_ ? pos + offset >= 0 && seq.kv_len > 0 : seq.kv_len > 0;
+      const tile::KeyRange seen = mask_.visible(pos, seq.q_len, seq.kv_len);
       float* out_row = out_.at(seq.batch, seq.q_begin + pos, out_head, 0);
       const float* o_row = buf.o + r * dv;
-      if (!sees_keys) {
+      if (seen.begin >= seen.end) {
         std::fill(out_row, out_row + dv, 0.0f);
         continue;
       }
@@ -291,11 +316,12 @@ class FeatureKernel {
   AttentionShape shape_;
   SequenceLayout seqs_;
   FeaturePlan plan_;
-  const Features& features_;
+  Features features_;
   float eps_;
-  bool causal_;
   FeatureState state_;
-  std::byte* scratch_;
+  Mask mask_;
+  Arena arena_;  // the whole workspace; its guards (sanitize builds) are checked when the kernel ends
+  std::byte* scratch_ = nullptr;
 };
 
 }  // namespace attnkit::detail

@@ -1,7 +1,6 @@
-// Pieces shared by the state-space mechanisms (mechanism/mamba.hpp, mechanism/mamba2.hpp):
-// argument checks for views whose feature axis may be strided (Mamba's (batch, d_inner, L)
-// layout), and the softplus / silu activations on every backend vector type.
-// Not here: the scans themselves.
+// Argument checks shared by the state-space mechanisms (mechanism/mamba.hpp, mechanism/mamba2.hpp)
+// for views whose feature axis may be strided (Mamba's (batch, d_inner, L) layout).
+// Not here: the scans and their activations (kernel/ssm_scan.hpp, kernel/ssd.hpp, kernel/ssm_common.hpp).
 #pragma once
 
 #include <array>
@@ -9,11 +8,10 @@
 #include <cstdint>
 #include <span>
 
-#include "attnkit/backend/exp.hpp"
-#include "attnkit/backend/vec.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
+#include "attnkit/kernel/ssm_common.hpp"
 
 namespace attnkit::detail {
 
@@ -26,12 +24,6 @@ void check_extents(const View<T, Rank>& view, const char* name, const std::array
   for (int axis = 0; axis < Rank; ++axis)
     ATTNKIT_CHECK(view.extent(axis) == expected[axis], name, ": ", axes[axis], " ", view.extent(axis), ", expected ",
                   expected[axis]);
-}
-
-// An optional argument is absent when its view has no data and no elements.
-template <class T, int Rank>
-bool given(const View<T, Rank>& view) {
-  return view.data() != nullptr || !view.empty();
 }
 
 // Every element of a small parameter view is finite (A, D, biases).
@@ -61,23 +53,6 @@ inline void check_cu_seqlens(std::span<const std::int32_t> cu, Index tokens, con
                   " (offsets are non-decreasing)");
   ATTNKIT_CHECK(cu.back() == tokens, name, " ends at ", cu.back(), ", expected ", tokens,
                 " (tokens in the packed view)");
-}
-
-// softplus(x) = log(1 + e^x), and x itself above 20 (PyTorch's threshold, as in Mamba).
-inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
-
-template <class V>
-V softplus(const V& x) {
-  using Ops = VecOps<V>;
-  return Ops::greater_select(x, 20.0f, x, Ops::log1p(exp_approx(Ops::min(x, V(20.0f)))));
-}
-
-// silu(x) = x / (1 + e^-x).
-inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
-
-template <class V>
-V silu(const V& x) {
-  return x / (V(1.0f) + exp_approx(-x));
 }
 
 }  // namespace attnkit::detail

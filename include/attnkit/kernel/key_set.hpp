@@ -4,7 +4,8 @@
 //   attend_key_set   scores (score_rows_in_place), per-row visible range, online softmax
 //                    (softmax_block_row) and O += P·V (accumulate_pv), key block by key block.
 // The caller owns the rows' SoftmaxRow states and accumulators and finalises them with
-// tile::finalize_row after its last key set. Not here: packing (pack.hpp), the micro-kernels.
+// tile::finalize_row after its last key set; its plan sizes the score buffer from
+// key_set_score_floats. Not here: packing (tile/pack.hpp), the micro-kernels (tile/microkernel.hpp).
 #pragma once
 
 #include <algorithm>
@@ -16,7 +17,7 @@
 #include "attnkit/tile/online_softmax.hpp"
 #include "attnkit/tile/tile_shape.hpp"
 
-namespace attnkit::tile {
+namespace attnkit::detail {
 
 // Keys per block of attend_key_set; its score buffer holds RegisterTile<V>::mr rows of this many.
 inline constexpr Index kKeySetBlock = 256;
@@ -35,8 +36,8 @@ constexpr Index key_set_score_floats() {
 //   states: per-row running softmax; acc: (rows, ldo) unnormalised outputs, v_dim <= ldo.
 template <class V>
 inline void attend_key_set(const float* const* q_rows, Index rows, const float* k, Index ldk, const float* v, Index ldv,
-                           Index keys, Index head_dim, Index v_dim, const KeyRange* ranges, float* scores,
-                           SoftmaxRow* states, float* acc, Index ldo) {
+                           Index keys, Index head_dim, Index v_dim, const tile::KeyRange* ranges, float* scores,
+                           tile::SoftmaxRow* states, float* acc, Index ldo) {
   constexpr int W = VecOps<V>::width;
   constexpr int MR = RegisterTile<V>::mr;
   constexpr Index lds = kKeySetBlock;
@@ -49,19 +50,19 @@ inline void attend_key_set(const float* const* q_rows, Index rows, const float* 
   for (Index block = seen_begin; block < seen_end; block += kKeySetBlock) {
     const Index n = std::min(kKeySetBlock, seen_end - block);
     const Index padded = (n + W - 1) / W * W;
-    with_tile_rows<MR>(rows, [&](auto tile_rows) {
-      score_rows_in_place<V, tile_rows()>(q_rows, k + block * ldk, ldk, n, head_dim, scores, lds);
+    tile::with_tile_rows<MR>(rows, [&](auto tile_rows) {
+      tile::score_rows_in_place<V, tile_rows()>(q_rows, k + block * ldk, ldk, n, head_dim, scores, lds);
     });
     for (Index r = 0; r < rows; ++r) {
       float* s = scores + r * lds;  // (padded)
-      mask_block_row(s, padded, block, ranges[r], kNegInf);
-      const float rescale = softmax_block_row<V>(s, padded, 1.0f, states[r]);
-      if (rescale != 1.0f) scale_row<V>(acc + r * ldo, v_dim, rescale);
+      tile::mask_block_row(s, padded, block, ranges[r], tile::kNegInf);
+      const float rescale = tile::softmax_block_row<V>(s, padded, 1.0f, states[r]);
+      if (rescale != 1.0f) tile::scale_row<V>(acc + r * ldo, v_dim, rescale);
     }
-    with_tile_rows<MR>(rows, [&](auto tile_rows) {
-      accumulate_pv<V, tile_rows()>(scores, lds, v + block * ldv, ldv, n, v_dim, acc, ldo);
+    tile::with_tile_rows<MR>(rows, [&](auto tile_rows) {
+      tile::accumulate_pv<V, tile_rows()>(scores, lds, v + block * ldv, ldv, n, v_dim, acc, ldo);
     });
   }
 }
 
-}  // namespace attnkit::tile
+}  // namespace attnkit::detail
