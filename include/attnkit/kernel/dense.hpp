@@ -19,6 +19,7 @@
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
+#include "attnkit/core/workspace_layout.hpp"
 #include "attnkit/tile/mask.hpp"
 #include "attnkit/tile/microkernel.hpp"
 #include "attnkit/tile/online_softmax.hpp"
@@ -128,9 +129,7 @@ inline void set_plan_bytes(DensePlan& plan, const AttentionShape& shape) {
   plan.key_pad = plan.stream_keys ? tile.width : tile.cols();
   plan.score_stride = (plan.kv_block + plan.key_pad - 1) / plan.key_pad * plan.key_pad;
   plan.acc_cols = tile.pad_cols(shape.v_dim);
-  Arena measure = Arena::measuring();
-  DenseScratch::carve(measure, plan, shape);
-  plan.scratch_bytes = measure.used();
+  plan.scratch_bytes = scratch_bytes_of<DenseScratch>(plan, shape);
 }
 
 // The whole workspace of a call: every thread's scratch, then (with key splits) every item's
@@ -142,7 +141,7 @@ struct DenseWorkspace {
 
   static DenseWorkspace carve(Arena& arena, const DensePlan& plan, int slots) {
     DenseWorkspace w;
-    w.scratch = arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(slots));
+    w.scratch = take_thread_slots(arena, plan, slots);
     if (plan.splits > 1) {
       w.partial_acc = arena.take<float>(plan.items * plan.rows * plan.acc_cols);
       w.partial_rows = arena.take<tile::SoftmaxRow>(plan.items * plan.rows);
@@ -153,10 +152,7 @@ struct DenseWorkspace {
 
 // Bytes of the workspace for `slots` threads (0 when there is no work).
 inline std::size_t dense_workspace_bytes(const DensePlan& plan, int slots) {
-  if (plan.items == 0) return 0;
-  Arena measure = Arena::measuring();
-  DenseWorkspace::carve(measure, plan, slots);
-  return measure.used();
+  return workspace_bytes_of<DenseWorkspace>(plan, slots);
 }
 
 // The fused kernel for one call. Work items are (sequence, kv heads, query chunk, key split);
@@ -205,7 +201,7 @@ class DenseKernel {
     if (first_pos >= end_pos) return;
     const Index group_rows = (end_pos - first_pos) * plan_.group;  // real rows per kv head
 
-    Arena arena(scratch_ + plan_.scratch_bytes * slot, plan_.scratch_bytes);
+    Arena arena = thread_slot(scratch_, plan_, slot);
     const DenseScratch scratch = DenseScratch::carve(arena, plan_, shape_);
     float* packed_k = scratch.packed_k;
     float* packed_v = scratch.packed_v;

@@ -26,6 +26,7 @@
 #include "attnkit/backend/backend.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/scale.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
@@ -58,12 +59,6 @@ struct Dense {
 };
 
 namespace detail {
-// Options::scale of every exact mechanism: absent, or finite and > 0.
-inline void check_scale(const std::optional<float>& scale) {
-  if (scale)
-    ATTNKIT_CHECK(std::isfinite(*scale) && *scale > 0.0f, "options.scale is ", *scale, ", expected a finite value > 0");
-}
-
 // Views of packed (token, head, dim) tensors as batch-1 (batch, seq, head, dim) views.
 template <class T>
 View<T, 4> as_batch_of_one(const View<T, 3>& x) {
@@ -80,7 +75,7 @@ class Attention<Dense, Backend> {
   using Args = Dense::Args;
 
   explicit Attention(Options options = {}, Backend backend = {}) : options_(options), backend_(backend) {
-    detail::check_scale(options_.scale);
+    detail::check_scale_option(options_.scale);
     ATTNKIT_CHECK(options_.window.left >= -1, "options.window.left is ", options_.window.left,
                   ", expected >= 0 or -1 (unbounded)");
     ATTNKIT_CHECK(options_.window.right >= -1, "options.window.right is ", options_.window.right,
@@ -154,10 +149,6 @@ class Attention<Dense, Backend> {
                     ", expected ", expected[axis], " (batch, q_len, out_heads)");
   }
 
-  float scale_for(const AttentionShape& shape) const {
-    return options_.scale.value_or(1.0f / std::sqrt(static_cast<float>(shape.head_dim)));
-  }
-
   // Calls f with the mask policy of the options: window (causal folded in), causal or none.
   template <class F>
   void with_mask(F&& f) const {
@@ -184,10 +175,7 @@ class Attention<Dense, Backend> {
     const double out_heads = static_cast<double>(shape.heads.out_heads());
     Cost cost;
     cost.flops = 2.0 * pairs * out_heads * static_cast<double>(shape.head_dim + shape.v_dim);
-    const double batch = static_cast<double>(shape.batch);
-    cost.bytes = sizeof(float) * batch *
-                 (static_cast<double>(shape.q_len) * (shape.heads.q_heads * shape.head_dim + out_heads * shape.v_dim) +
-                  static_cast<double>(shape.kv_len) * shape.heads.kv_heads * (shape.head_dim + shape.v_dim));
+    cost.bytes = detail::attention_bytes(shape);
     return cost;
   }
 
@@ -200,7 +188,16 @@ class Attention<Dense, Backend> {
     const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_));
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
-    const detail::DenseLaunch launch{q, k, v, out, args.lse, shape, seqs, plan, scale_for(shape), workspace.data()};
+    const detail::DenseLaunch launch{q,
+                                     k,
+                                     v,
+                                     out,
+                                     args.lse,
+                                     shape,
+                                     seqs,
+                                     plan,
+                                     detail::scale_or_default(options_.scale, shape.head_dim),
+                                     workspace.data()};
     with_mask([&](auto mask) { detail::run_dense(backend_, launch, mask); });
   }
 
