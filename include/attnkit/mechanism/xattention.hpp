@@ -137,6 +137,7 @@ class Attention<XAttention, Backend> {
     for (Index i = 0; i < scores.size(); ++i)
       scores(i / (expected[1] * expected[2] * expected[3]), i / (expected[2] * expected[3]) % expected[1],
              i / expected[3] % expected[2], i % expected[3]) = s[i];
+    scorer.finish();  // checks the scoring workspace's guards while `scratch` still holds it
   }
 
   // The blocks options.tau selects from scores (B, Ho, q_blocks, kv_blocks) of a problem with
