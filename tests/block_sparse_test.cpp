@@ -88,8 +88,8 @@ TEMPLATE_LIST_TEST_CASE("block-sparse with every block listed equals dense", "[s
     ak::test::MaskedRun run(c), dense_run(c);
     ak::Attention<ak::BlockSparse, TestType>({.block = 128, .causal = causal})(run.q.view, run.k.view, run.v.view,
                                                                                full_mask(c, 128), run.out.view);
-    ak::Attention<ak::Dense, TestType>({.causal = causal})(dense_run.q.view, dense_run.k.view, dense_run.v.view,
-                                                           dense_run.out.view);
+    ak::Attention<ak::Dense, TestType>({.causal = causal}, ak::test::compile_time_kernels<TestType>())(
+        dense_run.q.view, dense_run.k.view, dense_run.v.view, dense_run.out.view);
     CHECK(std::memcmp(run.out.data.data(), dense_run.out.data.data(), run.out.data.size() * sizeof(float)) == 0);
   }
   // Other block sizes: the same math in another key order, within the exact tolerance.

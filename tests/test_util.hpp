@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <random>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -33,6 +34,15 @@ using Avx512Geometry = Simd<Emulated<xsimd::sse2, 4>>;
 #endif
 using IsaBackends = std::tuple<Sse2, Avx2Geometry, Avx512Geometry>;
 using Backends = std::tuple<Scalar, Sse2, Avx2Geometry, Avx512Geometry, OpenMP<>>;
+
+// A backend of type B whose dispatched kernels, if any, are those of the compile-time ISA, so that
+// its results equal the static backends' bit for bit even where the CPU runs a wider variant
+// (a build for AVX2 on an AVX-512 machine).
+template <class B>
+B compile_time_kernels(B backend = {}) {
+  if constexpr (std::is_same_v<B, OpenMP<>>) backend.inner.isa = compile_time_isa();
+  return backend;
+}
 
 inline std::vector<float> uniform(std::size_t n, std::uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937 rng(seed);

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 #include "attnkit/backend/cpu.hpp"
@@ -51,6 +52,15 @@ inline Isa cpu_isa() {
   if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma) return Isa::avx512;
   if (f.avx2 && f.fma) return Isa::avx2;
   return Isa::sse2;
+}
+
+// The variant whose kernels the compile-time ISA (xsimd::default_arch) runs, if it is one of them:
+// a dispatched call pinned to it gives the same bits as Simd<>.
+inline std::optional<Isa> compile_time_isa() {
+  if constexpr (std::is_same_v<xsimd::default_arch, xsimd::avx512bw>) return Isa::avx512;
+  if constexpr (std::is_same_v<xsimd::default_arch, xsimd::fma3<xsimd::avx2>>) return Isa::avx2;
+  if constexpr (std::is_same_v<xsimd::default_arch, xsimd::sse2>) return Isa::sse2;
+  return std::nullopt;
 }
 
 namespace detail {
