@@ -67,30 +67,23 @@ const std::vector<float>& exact_output(Index n, bool causal) {
 }
 
 // reference::combiner_logsparse's definition on the rows `r` alone (its spans from
-// reference::combiner_span): row i sees one span per block of the dyadic cover of [0, i), itself,
-// and (non-causal) one per block of the cover of (i, N). out: (1, r.size(), heads, dim).
+// reference::combiner_logsparse_blocks and reference::combiner_span): row i sees one span per block of the dyadic cover
+// of [0, i), itself, and (non-causal) one per block of the cover of (i, N). out: (1, r.size(), heads, dim).
 template <class Acc>
 void logsparse_rows(const ak::View<const float, 4>& q, const ak::View<const float, 4>& k,
                     const ak::View<const float, 4>& v, bool causal, ak::bench::Range r, const ak::View<Acc, 4>& out) {
   const Index n = q.extent(1), dim = q.extent(3);
   const Acc scale = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(dim)));
+  std::vector<std::pair<Index, Index>> blocks;  // [begin, end) of each span a row sees
   std::vector<Acc> key, value, logits;
   std::vector<std::vector<Acc>> values;
   for (Index h = 0; h < q.extent(2); ++h)
     for (Index i = r.begin; i < r.end; ++i) {
-      std::vector<ak::bench::Range> blocks{{i, i + 1}};
-      for (Index l = 62; l >= 0; --l)
-        if ((i >> l) & 1) blocks.push_back({((i >> l) - 1) << l, (i >> l) << l});
-      for (Index p = i + 1; !causal && p < n;) {
-        Index size = 1;
-        while (p % (2 * size) == 0 && 2 * size <= n - p) size *= 2;
-        blocks.push_back({p, p + size});
-        p += size;
-      }
+      ak::reference::combiner_logsparse_blocks(i, n, causal, blocks);
       logits.clear();
       values.clear();
-      for (const ak::bench::Range& block : blocks) {
-        ak::reference::combiner_span<Acc>(q, k, v, 0, h, h, block.begin, block.end, scale, key, value);
+      for (const auto& [begin, end] : blocks) {
+        ak::reference::combiner_span<Acc>(q, k, v, 0, h, h, begin, end, scale, key, value);
         Acc dot = 0;
         for (Index d = 0; d < dim; ++d) dot += static_cast<Acc>(q(0, i, h, d)) * key[d];
         logits.push_back(scale * dot);

@@ -42,9 +42,8 @@ inline const char* isa_name(Isa isa) {
   return "?";
 }
 
-// Floats per vector and vector registers of a variant.
+// Floats per vector of a variant (its registers: registers_for_width, backend/vec.hpp).
 constexpr int isa_width(Isa isa) { return isa == Isa::avx512 ? 16 : isa == Isa::avx2 ? 8 : 4; }
-constexpr int isa_registers(Isa isa) { return isa == Isa::avx512 ? 32 : 16; }
 
 // The best variant this CPU runs.
 inline Isa cpu_isa() {

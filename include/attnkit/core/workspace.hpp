@@ -57,14 +57,6 @@ class Arena {
   static Arena measuring() { return Arena(nullptr, static_cast<std::size_t>(-1)); }
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
-  Arena(Arena&& other) noexcept
-      : data_(other.data_),
-        bytes_(other.bytes_),
-        used_(other.used_),
-        guards_(other.guards_),
-        guard_count_(other.guard_count_) {
-    other.guard_count_ = 0;
-  }
   ~Arena() { check_guards(); }
 
   template <class T>

@@ -71,7 +71,7 @@ inline constexpr Index kSplitMaxRows = 64;
 // ... and are this long (a multiple of every kv block).
 inline constexpr Index kSplitKeys = 2048;
 
-void set_plan_bytes(DensePlan& plan, const AttentionShape& shape);
+void set_plan_layout(DensePlan& plan, const AttentionShape& shape);
 
 inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seqs, const TileGeometry& tile) {
   DensePlan plan;
@@ -94,7 +94,7 @@ inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayo
   plan.split_keys = decode ? kSplitKeys : std::max<Index>(max_kv, 1);
   plan.splits = decode ? (max_kv + kSplitKeys - 1) / kSplitKeys : 1;
   plan.items = seqs.count() * plan.item_groups * plan.chunks * plan.splits;
-  set_plan_bytes(plan, shape);
+  set_plan_layout(plan, shape);
   return plan;
 }
 
@@ -122,9 +122,9 @@ struct DenseScratch {
   }
 };
 
-// Fills key_pad, score_stride, acc_cols and the byte counts of a plan whose tile, stream_keys,
-// kv_block, rows and item split are set.
-inline void set_plan_bytes(DensePlan& plan, const AttentionShape& shape) {
+// Fills the score and accumulator layout (key_pad, score_stride, acc_cols) and scratch_bytes of a
+// plan whose tile, stream_keys, kv_block, rows and item split are set.
+inline void set_plan_layout(DensePlan& plan, const AttentionShape& shape) {
   const TileGeometry& tile = plan.tile;
   plan.key_pad = plan.stream_keys ? tile.width : tile.cols();
   plan.score_stride = (plan.kv_block + plan.key_pad - 1) / plan.key_pad * plan.key_pad;
@@ -181,10 +181,7 @@ class DenseKernel {
         arena_(workspace, dense_workspace_bytes(plan, slots)) {
     ATTNKIT_CHECK(plan.tile == Tile::geometry, "dense kernel: plan made for a ", plan.tile.mr, " x ", plan.tile.cols(),
                   " tile, kernel runs ", Tile::mr, " x ", Tile::cols, " (internal error)");
-    const DenseWorkspace carved = DenseWorkspace::carve(arena_, plan, slots);
-    scratch_ = carved.scratch;
-    partial_acc_ = carved.partial_acc;
-    partial_rows_ = carved.partial_rows;
+    workspace_ = DenseWorkspace::carve(arena_, plan, slots);
   }
 
   // Item order puts the last query chunks (the longest under a causal mask) first.
@@ -201,23 +198,20 @@ class DenseKernel {
     if (first_pos >= end_pos) return;
     const Index group_rows = (end_pos - first_pos) * plan_.group;  // real rows per kv head
 
-    Arena arena = thread_slot(scratch_, plan_, slot);
+    Arena arena = thread_slot(workspace_.scratch, plan_, slot);
     const DenseScratch scratch = DenseScratch::carve(arena, plan_, shape_);
-    float* packed_k = scratch.packed_k;
-    float* packed_v = scratch.packed_v;
     float* scores = scratch.scores;  // (mr, score_stride)
-    float* q_rows = scratch.q_rows;  // (rows, head_dim), scaled
     const Index ldo = plan_.acc_cols;
     float* acc = scratch.acc;  // (rows, acc_cols)
     tile::SoftmaxRow* states = scratch.states;
     if (plan_.splits > 1) {
-      acc = partial_acc_ + item * plan_.rows * ldo;
-      states = partial_rows_ + item * plan_.rows;
+      acc = workspace_.partial_acc + item * plan_.rows * ldo;
+      states = workspace_.partial_rows + item * plan_.rows;
     }
     // Query rows copied contiguous and pre-scaled; padding rows are zero, so their scores are 0
     // and serve as probabilities 0.
     for (Index row = 0; row < plan_.rows; ++row) {
-      float* dst = q_rows + row * shape_.head_dim;
+      float* dst = scratch.q_rows + row * shape_.head_dim;
       const Index r = row % plan_.group_rows;
       if (r >= group_rows) {
         std::fill(dst, dst + shape_.head_dim, 0.0f);
@@ -231,11 +225,10 @@ class DenseKernel {
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
 
     // Keys this item may visit: its split, narrowed by what its first and last rows see.
-    const tile::KeyRange first = mask_.visible(first_pos, seq.q_len, seq.kv_len);
-    const tile::KeyRange last = mask_.visible(end_pos - 1, seq.q_len, seq.kv_len);
+    const tile::KeyRange seen = tile::visible_rows(mask_, first_pos, end_pos - 1, seq.q_len, seq.kv_len);
     const Index split_begin = split * plan_.split_keys;
-    const Index key_begin = std::max(split_begin, std::min(first.begin, last.begin));
-    const Index key_end = std::min({seq.kv_len, split_begin + plan_.split_keys, std::max(first.end, last.end)});
+    const Index key_begin = std::max(split_begin, seen.begin);
+    const Index key_end = std::min({seq.kv_len, split_begin + plan_.split_keys, seen.end});
 
     const Index lds = plan_.score_stride;
     const Index ldk = k_.stride(1), ldv = v_.stride(1);
@@ -246,8 +239,8 @@ class DenseKernel {
             const float* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
             const float* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
             if (!plan_.stream_keys) {
-              tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, packed_k);
-              tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, packed_v);
+              tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k);
+              tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, scratch.packed_v);
             }
             for (Index t = 0; t < group_rows; t += Tile::mr) {
               const Index row0 = g * plan_.group_rows + t;  // first row of the tile in the item
@@ -256,7 +249,7 @@ class DenseKernel {
               tile::KeyRange ranges[Tile::mr];
               Index tile_end = block;  // the tile's rows see keys before tile_end only
               for (int r = 0; r < Tile::mr; ++r) {
-                q_tile[r] = q_rows + (row0 + r) * shape_.head_dim;
+                q_tile[r] = scratch.q_rows + (row0 + r) * shape_.head_dim;
                 if (r >= tile_rows) continue;
                 const Index pos = first_pos + (t + r) / plan_.group;
                 const tile::KeyRange seen = mask_.visible(pos, seq.q_len, seq.kv_len);
@@ -275,7 +268,7 @@ class DenseKernel {
                   tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
                 });
               else
-                tile::score_block<V>(q_tile, packed_k, shape_.head_dim, padded_keys, scores, lds);
+                tile::score_block<V>(q_tile, scratch.packed_k, shape_.head_dim, padded_keys, scores, lds);
               for (Index r = 0; r < tile_rows; ++r) {
                 float* s = scores + r * lds;
                 if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
@@ -288,8 +281,8 @@ class DenseKernel {
                                                  ldo);
                 });
               else
-                tile::accumulate_pv_packed<V>(scores, lds, packed_v, keys * Tile::cols, tile_keys, ldo / Tile::cols,
-                                              acc + row0 * ldo, ldo);
+                tile::accumulate_pv_packed<V>(scores, lds, scratch.packed_v, keys * Tile::cols, tile_keys,
+                                              ldo / Tile::cols, acc + row0 * ldo, ldo);
             }
           }
         });
@@ -313,9 +306,10 @@ class DenseKernel {
     const Index first_split_item = ((item / plan_.chunks) * plan_.chunks + (plan_.chunks - 1 - chunk)) * plan_.splits;
     const Index acc_stride = plan_.rows * plan_.acc_cols;
     for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, float* out_row, float* lse) {
-      const float row_lse = tile::merge_partial_rows<V>(
-          partial_acc_ + first_split_item * acc_stride + row * plan_.acc_cols, acc_stride,
-          partial_rows_ + first_split_item * plan_.rows + row, plan_.rows, plan_.splits, shape_.v_dim, out_row);
+      const float row_lse =
+          tile::merge_partial_rows<V>(workspace_.partial_acc + first_split_item * acc_stride + row * plan_.acc_cols,
+                                      acc_stride, workspace_.partial_rows + first_split_item * plan_.rows + row,
+                                      plan_.rows, plan_.splits, shape_.v_dim, out_row);
       if (lse != nullptr) *lse = row_lse;
     });
   }
@@ -344,9 +338,7 @@ class DenseKernel {
   Mask mask_;
   Blocks blocks_;
   Arena arena_;  // the whole workspace; its guards (sanitize builds) are checked when the kernel ends
-  std::byte* scratch_ = nullptr;
-  float* partial_acc_ = nullptr;
-  tile::SoftmaxRow* partial_rows_ = nullptr;
+  DenseWorkspace workspace_;
 };
 
 // Everything one launch of the kernel takes besides its vector type and policies: plain views and

@@ -57,7 +57,7 @@ template <class Backend>
 TileGeometry dense_geometry(const Backend& backend) {
   if constexpr (is_dispatched<Backend>) {
     const Isa isa = dispatch_of(backend).resolved_isa();
-    return tile_geometry(isa_width(isa), isa_registers(isa));
+    return tile_geometry(isa_width(isa), registers_for_width(isa_width(isa)));
   } else {
     return RegisterTile<vector_t<Backend>>::geometry;
   }

@@ -124,7 +124,7 @@ inline DensePlan make_block_sparse_plan(const AttentionShape& shape, const Seque
   plan.split_keys = std::max<Index>(seqs.max_kv_len(), 1);
   plan.splits = 1;
   plan.items = seqs.count() * plan.item_groups * plan.chunks;
-  set_plan_bytes(plan, shape);
+  set_plan_layout(plan, shape);
   return plan;
 }
 

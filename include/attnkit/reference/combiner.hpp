@@ -139,6 +139,20 @@ void combiner_span(const View<const float, 4>& q, const View<const float, 4>& k,
 // span per block of the dyadic cover of [0, i) — for every set bit l of i the aligned block
 // [((i >> l) - 1) · 2^l, (i >> l) · 2^l) — and, non-causal, of (i, N): from p = i + 1 the block
 // of size min(largest power of two dividing p, largest power of two <= N - p), repeatedly.
+// The spans query i of n sees under Combiner-Logsparse, as [begin, end) key ranges, into blocks:
+// key i itself, the dyadic cover of [0, i), and (non-causal) that of (i, N).
+inline void combiner_logsparse_blocks(Index i, Index n, bool causal, std::vector<std::pair<Index, Index>>& blocks) {
+  blocks.assign(1, {i, i + 1});
+  for (Index l = 62; l >= 0; --l)
+    if ((i >> l) & 1) blocks.push_back({((i >> l) - 1) << l, (i >> l) << l});
+  for (Index p = i + 1; !causal && p < n;) {
+    Index size = 1;
+    while (p % (2 * size) == 0 && 2 * size <= n - p) size *= 2;
+    blocks.push_back({p, p + size});
+    p += size;
+  }
+}
+
 template <class Acc>
 void combiner_logsparse(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
                         const View<Acc, 4>& out, CombinerOptions options) {
@@ -153,15 +167,7 @@ void combiner_logsparse(const View<const float, 4>& q, const View<const float, 4
       const Index qh = q_heads >= kv_heads ? o : o % q_heads;
       const Index kh = q_heads >= kv_heads ? o / (q_heads / kv_heads) : o;
       for (Index i = 0; i < n; ++i) {
-        blocks.assign(1, {i, i + 1});
-        for (Index l = 62; l >= 0; --l)
-          if ((i >> l) & 1) blocks.push_back({((i >> l) - 1) << l, (i >> l) << l});
-        for (Index p = i + 1; !options.causal && p < n;) {
-          Index size = 1;
-          while (p % (2 * size) == 0 && 2 * size <= n - p) size *= 2;
-          blocks.push_back({p, p + size});
-          p += size;
-        }
+        combiner_logsparse_blocks(i, n, options.causal, blocks);
         logits.clear();
         values.clear();
         Acc max = -std::numeric_limits<Acc>::infinity(), total = 0;
