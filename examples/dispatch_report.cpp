@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
     attn(qv, kv, vv, ov);
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  const std::string expected = std::string("dense/openmp-simd-") + ak::isa_name(ak::default_isa());
+  const std::string expected = std::string("dense-causal/openmp-simd-") + ak::isa_name(ak::default_isa());
   std::printf("%s on a CPU with %s: N=%lld causal prefill %.2f ms, %.1f GFLOP/s\n", attn.name().c_str(),
               ak::cpu_features().describe().c_str(), static_cast<long long>(n), best * 1e3,
               attn.cost(qv, kv, vv).flops / best * 1e-9);

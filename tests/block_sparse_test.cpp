@@ -117,9 +117,10 @@ TEST_CASE("block-sparse cost counts visited blocks only", "[sparse][block_sparse
 }
 
 TEST_CASE("block-sparse rejects bad input with a message naming the argument", "[sparse][block_sparse][errors]") {
-  std::vector<float> buf(4096, 0.0f);
-  float* p = buf.data();
-  const auto q = ak::bshd(p, 1, 100, 4, 8), k = ak::bshd(p, 1, 70, 2, 8), out = ak::bshd(p, 1, 100, 4, 8);
+  std::vector<float> buf(4096, 0.0f), out_buf(4096, 0.0f);
+  float* p = buf.data();      // inputs (they may share memory)
+  float* o = out_buf.data();  // outputs, which must not
+  const auto q = ak::bshd(p, 1, 100, 4, 8), k = ak::bshd(p, 1, 70, 2, 8), out = ak::bshd(o, 1, 100, 4, 8);
   const ak::Attention<ak::BlockSparse, ak::Simd<>> attn({.block = 32});
   auto mask = [](Index batch, Index heads, Index q_blocks, Index kv_blocks) {
     return ak::BlockMask::from_predicate(batch, heads, q_blocks, kv_blocks,

@@ -301,7 +301,7 @@ TEST_CASE("combiner-logsparse results, workspace, cost and errors", "[combiner]"
   CombinerRun small({.n = 4, .head_dim = 8});
   ak::Attention<ak::CombinerLogsparse, ak::Scalar> causal({.causal = true});
   CHECK(causal.cost(small.q.view, small.k.view, small.v.view).flops == 2.0 * 16 * (12 + 8));
-  CHECK(causal.name().rfind("combiner-logsparse/", 0) == 0);
+  CHECK(causal.name().rfind("combiner-logsparse-causal/", 0) == 0);
 
   CHECK_THROWS_WITH((ak::Attention<ak::CombinerLogsparse, ak::Scalar>({.scale = -2.0f})),
                     Contains("options.scale is -2, expected a finite value > 0"));

@@ -280,10 +280,11 @@ TEST_CASE("dense workspace is O(tile) and sufficient at kv_len 32768", "[dense]"
 }
 
 TEST_CASE("dense rejects bad input with a message naming the argument", "[dense][errors]") {
-  std::vector<float> buf(4096, 0.0f);
-  float* p = buf.data();
+  std::vector<float> buf(4096, 0.0f), out_buf(4096, 0.0f);
+  float* p = buf.data();      // inputs (they may share memory)
+  float* o = out_buf.data();  // outputs, which must not
   const auto q = ak::bshd(p, 2, 4, 4, 8), k = ak::bshd(p, 2, 6, 2, 8), v = ak::bshd(p, 2, 6, 2, 8),
-             out = ak::bshd(p, 2, 4, 4, 8);
+             out = ak::bshd(o, 2, 4, 4, 8);
   ak::Attention<ak::Dense, ak::Simd<>> attn;
   using Catch::Contains;
   CHECK_NOTHROW(attn(q, k, v, out));
@@ -295,11 +296,11 @@ TEST_CASE("dense rejects bad input with a message naming the argument", "[dense]
   CHECK_THROWS_WITH(attn(q, k, ak::bshd(p, 2, 6, 1, 8), out), Contains("v: heads 1, expected 2"));
   CHECK_THROWS_WITH(attn(q, ak::bshd(p, 2, 6, 3, 8), ak::bshd(p, 2, 6, 3, 8), out),
                     Contains("k: heads 3, expected a divisor or a multiple of q heads 4"));
-  CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(p, 2, 4, 2, 8)), Contains("out: heads 2, expected 4"));
-  CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(p, 2, 3, 4, 8)), Contains("out: seq 3, expected 4"));
-  CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(p, 2, 4, 4, 4)), Contains("out: head_dim 4, expected 8"));
+  CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(o, 2, 4, 2, 8)), Contains("out: heads 2, expected 4"));
+  CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(o, 2, 3, 4, 8)), Contains("out: seq 3, expected 4"));
+  CHECK_THROWS_WITH(attn(q, k, v, ak::bshd(o, 2, 4, 4, 4)), Contains("out: head_dim 4, expected 8"));
   CHECK_THROWS_WITH(attn(ak::bshd(static_cast<float*>(nullptr), 2, 4, 4, 8), k, v, out), Contains("q: data is null"));
-  CHECK_THROWS_WITH(attn(q, k, v, ak::View<float, 4>(p, {2, 4, 4, 8}, {128, 32, 8, 2})),
+  CHECK_THROWS_WITH(attn(q, k, v, ak::View<float, 4>(o, {2, 4, 4, 8}, {128, 32, 8, 2})),
                     Contains("out: stride of the last axis is 2, expected 1"));
   CHECK_THROWS_WITH(attn(q, ak::View<float, 4>(p, {2, 6, 2, 8}, {96, -16, 8, 1}), v, out),
                     Contains("k: stride 1 is -16, expected >= 0"));
@@ -316,7 +317,7 @@ TEST_CASE("dense rejects bad input with a message naming the argument", "[dense]
                     Contains("args.lse: extent 2 is 2, expected 4"));
 
   const std::vector<std::int32_t> cu_q{0, 2, 4}, cu_kv{0, 3, 6}, cu_bad{0, 5, 3}, cu_short{0, 6};
-  const auto q3 = ak::thd(p, 4, 4, 8), k3 = ak::thd(p, 6, 2, 8), v3 = ak::thd(p, 6, 2, 8), out3 = ak::thd(p, 4, 4, 8);
+  const auto q3 = ak::thd(p, 4, 4, 8), k3 = ak::thd(p, 6, 2, 8), v3 = ak::thd(p, 6, 2, 8), out3 = ak::thd(o, 4, 4, 8);
   CHECK_NOTHROW(attn(q3, k3, v3, out3, ak::CuSeqlens{cu_q, cu_kv}));
   CHECK_THROWS_WITH(attn(q3, k3, v3, out3, ak::CuSeqlens{cu_q, cu_bad}),
                     Contains("cu_seqlens.kv[2] is 3, expected >= 5"));

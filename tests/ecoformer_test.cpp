@@ -280,9 +280,9 @@ TEST_CASE("ecoformer cost counts the hash and the additions of the sums", "[ecof
 
 TEST_CASE("ecoformer rejects bad input with a message naming the argument", "[ecoformer]") {
   using Catch::Matchers::Contains;
-  std::vector<float> buffer(4096, 0.5f);
-  const float* p = buffer.data();
-  float* w = buffer.data();
+  std::vector<float> buffer(4096, 0.5f), out_buffer(4096, 0.0f);
+  const float* p = buffer.data();  // inputs (they may share memory)
+  float* w = out_buffer.data();    // outputs, which must not
   const auto q = ak::bshd(p, 2, 4, 4, 8), k = ak::bshd(p, 2, 6, 2, 8), v = ak::bshd(p, 2, 6, 2, 8);
   const auto out = ak::bshd(w, 2, 4, 4, 8);
   const ak::EcoFormerHash good{ak::View<const float, 2>(p, {5, 8}, {8, 1}), ak::View<const float, 1>(p, {5}, {1}),

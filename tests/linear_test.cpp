@@ -208,10 +208,11 @@ TEST_CASE("linear cost grows linearly with the sequence", "[linear]") {
 }
 
 TEST_CASE("linear rejects bad input with a message naming the argument", "[linear][errors]") {
-  std::vector<float> buf(4096, 0.0f);
-  float* p = buf.data();
+  std::vector<float> buf(4096, 0.0f), out_buf(4096, 0.0f);
+  float* p = buf.data();      // inputs (they may share memory)
+  float* o = out_buf.data();  // outputs, which must not
   const auto q = ak::bshd(p, 2, 4, 4, 8), k = ak::bshd(p, 2, 6, 2, 8), v = ak::bshd(p, 2, 6, 2, 8),
-             out = ak::bshd(p, 2, 4, 4, 8);
+             out = ak::bshd(o, 2, 4, 4, 8);
   ak::Attention<ak::Linear, ak::Simd<>> attn;
   ak::Attention<ak::Linear, ak::Simd<>> causal({.causal = true});
   using Catch::Contains;

@@ -179,10 +179,11 @@ TEST_CASE("FAVOR+ error against exact softmax attention falls as features grow",
 }
 
 TEST_CASE("performer rejects bad input with a message naming the argument", "[performer][errors]") {
-  std::vector<float> buf(4096, 0.0f);
-  float* p = buf.data();
+  std::vector<float> buf(4096, 0.0f), out_buf(4096, 0.0f);
+  float* p = buf.data();      // inputs (they may share memory)
+  float* o = out_buf.data();  // outputs, which must not
   const auto q = ak::bshd(p, 2, 4, 4, 8), k = ak::bshd(p, 2, 6, 2, 8), v = ak::bshd(p, 2, 6, 2, 8),
-             out = ak::bshd(p, 2, 4, 4, 8);
+             out = ak::bshd(o, 2, 4, 4, 8);
   const ak::RandomProjection w = ak::gaussian_orthogonal_features(16, 8, 1);
   ak::Attention<ak::Performer, ak::Simd<>> attn;
   using Catch::Contains;

@@ -198,9 +198,10 @@ TEST_CASE("xattention rejects bad input with a message naming the argument", "[s
   CHECK_THROWS_WITH(ak::Attention<ak::XAttention>({.tau = {std::nanf("")}}), Contains("options.tau[0] is nan"));
   CHECK_THROWS_WITH(ak::Attention<ak::XAttention>({.scale = -2.0f}),
                     Contains("options.scale is -2, expected a finite value > 0"));
-  std::vector<float> buf(4096, 0.0f);
-  float* p = buf.data();
-  const auto q = ak::bshd(p, 1, 100, 4, 8), k = ak::bshd(p, 1, 100, 2, 8), out = ak::bshd(p, 1, 100, 4, 8);
+  std::vector<float> buf(4096, 0.0f), out_buf(4096, 0.0f);
+  float* p = buf.data();      // inputs (they may share memory)
+  float* o = out_buf.data();  // outputs, which must not
+  const auto q = ak::bshd(p, 1, 100, 4, 8), k = ak::bshd(p, 1, 100, 2, 8), out = ak::bshd(o, 1, 100, 4, 8);
   const ak::Attention<ak::XAttention, ak::Simd<>> three({.block = 32, .tau = {0.5f, 0.6f, 0.7f}});
   CHECK_THROWS_WITH(three(q, k, k, out), Contains("options.tau: 3 values, expected 1 or 4 (out heads)"));
   const ak::Attention<ak::XAttention, ak::Simd<>> attn({.block = 32});

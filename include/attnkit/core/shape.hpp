@@ -5,7 +5,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <span>
 
@@ -38,8 +40,20 @@ inline HeadMap make_head_map(Index q_heads, Index kv_heads) {
   return HeadMap{q_heads, kv_heads};
 }
 
-// Checks what every kernel assumes of a view: non-negative extents and strides, data present
-// when non-empty. Any axis may be strided (Mamba's (batch, d_inner, L) layout).
+namespace detail {
+// Offset of a view's last element, sum (extent - 1) * stride; a non-empty view's elements lie in
+// [data, data + last_offset]. Unchecked: check_strided_view has checked it once.
+template <class T, int Rank>
+Index last_offset(const View<T, Rank>& view) {
+  Index offset = 0;
+  for (int axis = 0; axis < Rank; ++axis) offset += (view.extent(axis) - 1) * view.stride(axis);
+  return offset;
+}
+}  // namespace detail
+
+// Checks what every kernel assumes of a view: non-negative extents and strides, an element count
+// and a last element offset (in elements and in bytes) that fit in Index, data present when
+// non-empty. Any axis may be strided (Mamba's (batch, d_inner, L) layout).
 template <class T, int Rank>
 void check_strided_view(const View<T, Rank>& view, const char* name) {
   for (int axis = 0; axis < Rank; ++axis) {
@@ -48,7 +62,72 @@ void check_strided_view(const View<T, Rank>& view, const char* name) {
                   ", expected >= 0 (negative strides are not supported)");
   }
   if (view.empty()) return;
-  ATTNKIT_CHECK(view.data() != nullptr, name, ": data is null, expected ", view.size(), " elements");
+  Index count = 1;
+  Index offset = 0;
+  constexpr Index kMax = std::numeric_limits<Index>::max();
+  for (int axis = 0; axis < Rank; ++axis) {
+    const Index extent = view.extent(axis);
+    ATTNKIT_CHECK(count <= kMax / extent, name, ": element count overflows int64 (extent ", axis, " is ", extent, ")");
+    count *= extent;
+    const Index stride = view.stride(axis);
+    ATTNKIT_CHECK(stride == 0 || extent - 1 <= (kMax - offset) / stride, name,
+                  ": offset of the last element overflows int64 (stride ", axis, " is ", stride, ")");
+    offset += (extent - 1) * stride;
+  }
+  ATTNKIT_CHECK(offset <= kMax / Index(sizeof(T)), name, ": byte offset of the last element overflows int64");
+  ATTNKIT_CHECK(view.data() != nullptr, name, ": data is null, expected ", count, " elements");
+}
+
+// Where a view's elements lie in memory, as a byte range [begin, end) named for messages.
+struct MemoryRange {
+  std::uintptr_t begin = 0;
+  std::uintptr_t end = 0;
+  const char* name = "";
+};
+template <class T, int Rank>
+MemoryRange memory_range(const View<T, Rank>& view, const char* name) {
+  if (view.empty() || view.data() == nullptr) return {0, 0, name};
+  const auto begin = reinterpret_cast<std::uintptr_t>(view.data());
+  return {begin, begin + static_cast<std::uintptr_t>(detail::last_offset(view) + 1) * sizeof(T), name};
+}
+
+// Checks an output view (after check_strided_view): no two of its elements share memory, and its
+// memory is disjoint from every input's. Elements are distinct when, its axes of extent > 1
+// sorted by stride, each stride is at least the previous stride times its extent: any
+// permutation of a row-major tensor, padded or not. Threads write disjoint outputs only, and a
+// kernel reads inputs after it started writing, so aliasing is never allowed.
+template <class T, int Rank>
+void check_output_view(const View<T, Rank>& out, const char* name, std::initializer_list<MemoryRange> inputs) {
+  if (out.empty()) return;
+  std::array<int, Rank> axes{};
+  int count = 0;
+  for (int axis = 0; axis < Rank; ++axis)
+    if (out.extent(axis) > 1) axes[count++] = axis;
+  for (int i = 1; i < count; ++i)  // insertion sort by stride (Rank <= 4)
+    for (int j = i; j > 0 && out.stride(axes[j]) < out.stride(axes[j - 1]); --j) std::swap(axes[j], axes[j - 1]);
+  Index span = 1;  // elements covered by the axes so far, as one block
+  for (int i = 0; i < count; ++i) {
+    const int axis = axes[i];
+    ATTNKIT_CHECK(out.stride(axis) >= span, name, ": stride ", axis, " is ", out.stride(axis), ", expected >= ", span,
+                  " (the elements of an output view must not overlap)");
+    span = out.stride(axis) * out.extent(axis);
+  }
+  const MemoryRange range = memory_range(out, name);
+  for (const MemoryRange& input : inputs)
+    ATTNKIT_CHECK(input.end <= range.begin || range.end <= input.begin, name, ": memory overlaps ", input.name,
+                  " (outputs must not alias inputs or other outputs)");
+}
+
+// Checks that the work of one call, the product of its problem sizes (say batch x heads x q_len
+// x kv_len x head_dim), fits in Index: every product of distinct problem sizes a plan or a cost
+// forms is then representable. Zero sizes count as one (an empty call does nothing).
+inline void check_problem_size(std::initializer_list<Index> sizes, const char* what) {
+  Index product = 1;
+  for (Index size : sizes) {
+    const Index factor = std::max<Index>(size, 1);
+    ATTNKIT_CHECK(product <= std::numeric_limits<Index>::max() / factor, what, ": problem size overflows int64");
+    product *= factor;
+  }
 }
 
 // check_strided_view plus unit stride along the last (feature) axis, which the attention kernels
@@ -92,6 +171,8 @@ inline AttentionShape attention_shape(const View<const float, 4>& q, const View<
   ATTNKIT_CHECK(v.extent(2) == k.extent(2), "v: heads ", v.extent(2), ", expected ", k.extent(2), " (k's heads)");
   ATTNKIT_CHECK(s.v_dim >= 1, "v: head_dim ", s.v_dim, ", expected >= 1");
   s.heads = make_head_map(q.extent(2), k.extent(2));
+  check_problem_size({s.batch, s.heads.out_heads(), s.q_len, s.kv_len, std::max(s.head_dim, s.v_dim)},
+                     "q, k, v (batch x heads x q_len x kv_len x head_dim)");
   if (out != nullptr) {
     check_view(*out, "out");
     const std::array<Index, 4> expected{s.batch, s.q_len, s.heads.out_heads(), s.v_dim};
@@ -99,6 +180,7 @@ inline AttentionShape attention_shape(const View<const float, 4>& q, const View<
     for (int axis = 0; axis < 4; ++axis)
       ATTNKIT_CHECK(out->extent(axis) == expected[axis], "out: ", axes[axis], " ", out->extent(axis), ", expected ",
                     expected[axis]);
+    check_output_view(*out, "out", {memory_range(q, "q"), memory_range(k, "k"), memory_range(v, "v")});
   }
   return s;
 }

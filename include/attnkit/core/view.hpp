@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "attnkit/core/checked.hpp"
+
 namespace attnkit {
 
 using Index = std::int64_t;
@@ -46,12 +48,19 @@ class View {
   Index extent(int axis) const { return extents_[axis]; }
   Index stride(int axis) const { return strides_[axis]; }
 
+  // Element count; throws attnkit::Error when it does not fit in Index (check_strided_view names
+  // the argument first on every front door).
   Index size() const {
+    if (empty()) return 0;
     Index total = 1;
-    for (Index e : extents_) total *= e;
+    for (Index e : extents_) total = detail::checked_mul(total, e, "view: element count");
     return total;
   }
-  bool empty() const { return size() == 0; }
+  bool empty() const {
+    for (Index e : extents_)
+      if (e == 0) return true;
+    return false;
+  }
 
   // Pointer to an element; may point one past the data (a row of an empty axis).
   template <class... I>

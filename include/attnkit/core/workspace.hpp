@@ -12,6 +12,7 @@
 #include <memory>
 #include <new>
 
+#include "attnkit/core/checked.hpp"
 #include "attnkit/core/error.hpp"
 
 namespace attnkit {
@@ -42,10 +43,15 @@ inline constexpr unsigned char kGuardByte = 0xA5;
 constexpr std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
 
 // Bytes an array of n T takes in a workspace, padded so the next array stays aligned (and
-// followed by its guard bytes in sanitize builds). An empty array takes nothing.
+// followed by its guard bytes in sanitize builds). An empty array takes nothing; a size that
+// does not fit in size_t is an attnkit::Error.
 template <class T>
-constexpr std::size_t array_bytes(std::size_t n) {
-  return n == 0 ? 0 : round_up(n * sizeof(T), kWorkspaceAlign) + kGuardBytes;
+std::size_t array_bytes(std::size_t n) {
+  if (n == 0) return 0;
+  const std::size_t bytes = checked_mul(n, sizeof(T), "workspace: array bytes");
+  return checked_add(
+      checked_add(bytes, kWorkspaceAlign - 1, "workspace: array bytes") / kWorkspaceAlign * kWorkspaceAlign,
+      kGuardBytes, "workspace: array bytes");
 }
 
 // Hands out aligned arrays from a fixed block; never allocates. A measuring arena (no block)
@@ -64,8 +70,8 @@ class Arena {
     const std::size_t size = array_bytes<T>(n);
     if (size == 0) return nullptr;
     // Callers size the arena from workspace_bytes(), so running out is a library bug.
-    ATTNKIT_CHECK(used_ + size <= bytes_, "workspace: ", used_ + size, " bytes needed, ", bytes_,
-                  " given (internal sizing error)");
+    const std::size_t end = checked_add(used_, size, "workspace: total bytes");
+    ATTNKIT_CHECK(end <= bytes_, "workspace: ", end, " bytes needed, ", bytes_, " given (internal sizing error)");
     if (data_ == nullptr) {
       used_ += size;
       return nullptr;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 
+#include "attnkit/core/checked.hpp"
 #include "attnkit/core/workspace.hpp"
 
 namespace attnkit::detail {
@@ -32,7 +33,8 @@ std::size_t scratch_bytes_of(const Args&... args) {
 // The threads' scratch slots of a plan (plan.scratch_bytes each), as one array of a workspace.
 template <class Plan>
 std::byte* take_thread_slots(Arena& arena, const Plan& plan, int threads) {
-  return arena.take<std::byte>(plan.scratch_bytes * static_cast<std::size_t>(threads));
+  return arena.take<std::byte>(checked_mul(static_cast<std::size_t>(plan.scratch_bytes),
+                                           static_cast<std::size_t>(threads), "workspace: thread slots"));
 }
 
 // The arena of one thread's slot among those take_thread_slots laid out; its guards are checked

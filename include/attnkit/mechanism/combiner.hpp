@@ -63,7 +63,9 @@ class Attention<CombinerFixed, Backend> {
     detail::check_scale_option(options_.scale);
   }
 
-  std::string name() const { return "combiner-fixed/" + Backend::name(); }
+  std::string name() const {
+    return std::string(options_.causal ? "combiner-fixed-causal/" : "combiner-fixed/") + Backend::name();
+  }
   const Options& options() const { return options_; }
 
   // q (B, N, Hq, D), k (B, N, Hkv, D), v (B, N, Hkv, Dv) -> out (B, N, Ho, Dv).

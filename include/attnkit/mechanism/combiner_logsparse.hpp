@@ -10,9 +10,8 @@
 //   causal      {i} ∪ split(0, i)
 //   non-causal  {i} ∪ split(0, i) ∪ split(i + 1, N)
 // in one softmax over scale · q_i · ks, out_i = Σ p vs: every key is covered exactly once, by at
-// most 2 log2(N) + 1 spans. The reference code differs (anchors.md): at level l >= 1 it attends
-// chunk floor(i / 2^l) - 1 only when that index is even — the same chunks as split(0, i) — but has
-// no level-0 span, so an odd i never covers i - 1 (i = 5 sees {5} and [0, 4)); here it does.
+// most 2 log2(N) + 1 spans. The causal coverage is the JAX layer's: its rolled-span step runs at
+// every level, level 0 included, so i = 5 sees {5}, {4} and [0, 4).
 // Work items: (batch, out head, level) for the spans, then (batch, out head, 256-row chunk);
 // results do not depend on the thread count.
 // Not here: Combiner-Fixed (combiner.hpp), the reference (reference/combiner.hpp).
@@ -64,7 +63,9 @@ class Attention<CombinerLogsparse, Backend> {
     detail::check_scale_option(options_.scale);
   }
 
-  std::string name() const { return "combiner-logsparse/" + Backend::name(); }
+  std::string name() const {
+    return std::string(options_.causal ? "combiner-logsparse-causal/" : "combiner-logsparse/") + Backend::name();
+  }
   const Options& options() const { return options_; }
 
   // q (B, N, Hq, D), k (B, N, Hkv, D), v (B, N, Hkv, Dv) -> out (B, N, Ho, Dv).

@@ -9,8 +9,9 @@
 // position (Options::window; with causal the window has no right side); a work item visits only
 // the key blocks its rows can see, so a window's cost grows linearly in the length.
 // Batches: padded (optional real lengths per entry, rows past a length written as zeros) or
-// packed (cu_seqlens). Decode-like shapes (few query rows per kv head, long kv) split the keys
-// into fixed-size ranges merged by log-sum-exp. Every tiling decision depends on the shape only,
+// packed (cu_seqlens; token rows past the last sequence written as zeros). Decode-like shapes
+// (few query rows per kv head, long kv) split the keys into fixed-size ranges merged by
+// log-sum-exp. Every tiling decision depends on the shape only,
 // so all backends and thread counts give the same bits. The key blocks an item visits come from a
 // Blocks policy: all of them here, the listed ones for the block-sparse mechanism.
 // Not here: the tile pieces themselves (tile/), the reference (reference/dense.hpp).
@@ -63,7 +64,7 @@ namespace detail {
 template <class T>
 View<T, 4> as_batch_of_one(const View<T, 3>& x) {
   return View<T, 4>(x.data(), {1, x.extent(0), x.extent(1), x.extent(2)},
-                    {x.extent(0) * x.stride(0), x.stride(0), x.stride(1), x.stride(2)});
+                    {0, x.stride(0), x.stride(1), x.stride(2)});  // one batch entry: its stride is never used
 }
 
 }  // namespace detail
@@ -82,7 +83,12 @@ class Attention<Dense, Backend> {
                   ", expected >= 0 or -1 (unbounded)");
   }
 
-  std::string name() const { return "dense/" + detail::dense_backend_name(backend_); }
+  // "dense", "-causal" and / or "-window" for the mask, then the backend and the ISA it runs.
+  std::string name() const {
+    const bool window = options_.window.left >= 0 || options_.window.right >= 0;
+    return std::string("dense") + (options_.causal ? "-causal" : "") + (window ? "-window" : "") + "/" +
+           detail::dense_backend_name(backend_);
+  }
   const Options& options() const { return options_; }
 
   // Padded inputs: q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) -> out (B, Lq, Ho, Dv).
@@ -101,7 +107,7 @@ class Attention<Dense, Backend> {
                   const View<float, 4>& out, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
-    check_lse(args.lse, shape.batch, shape.q_len, shape);
+    check_lse(args.lse, shape.batch, shape.q_len, shape, {q, k, v, out});
     detail::zero_rows_past_lengths(out, seqs, args.lse);
     run(q, k, v, out, args, shape, seqs);
   }
@@ -124,7 +130,8 @@ class Attention<Dense, Backend> {
                   "args.lengths: expected empty with packed inputs (cu_seqlens gives the lengths)");
     const View<float, 4> out4 = detail::as_batch_of_one(out);
     const auto [shape, seqs] = packed_shape(q, k, v, cu, &out4);
-    check_lse(args.lse, 1, shape.q_len, shape);
+    check_lse(args.lse, 1, shape.q_len, shape, {q, k, v, out});
+    zero_rows_past_tokens(out4, args.lse, cu.q.back());
     run(detail::as_batch_of_one(q), detail::as_batch_of_one(k), detail::as_batch_of_one(v), out4, args, shape, seqs);
   }
 
@@ -140,13 +147,36 @@ class Attention<Dense, Backend> {
     return {shape, SequenceLayout::packed(cu, shape.q_len, shape.kv_len)};
   }
 
-  static void check_lse(const View<float, 3>& lse, Index batch, Index q_len, const AttentionShape& shape) {
+  // Where the views of a call lie, for checking that args.lse aliases none of them.
+  struct CallMemory {
+    MemoryRange q, k, v, out;
+    template <class In, class Out>
+    CallMemory(const In& q_view, const In& k_view, const In& v_view, const Out& out_view)
+        : q(memory_range(q_view, "q")),
+          k(memory_range(k_view, "k")),
+          v(memory_range(v_view, "v")),
+          out(memory_range(out_view, "out")) {}
+  };
+
+  static void check_lse(const View<float, 3>& lse, Index batch, Index q_len, const AttentionShape& shape,
+                        const CallMemory& call) {
     if (lse.data() == nullptr && lse.empty()) return;
     check_view(lse, "args.lse");
     const std::array<Index, 3> expected{batch, q_len, shape.heads.out_heads()};
     for (int axis = 0; axis < 3; ++axis)
       ATTNKIT_CHECK(lse.extent(axis) == expected[axis], "args.lse: extent ", axis, " is ", lse.extent(axis),
                     ", expected ", expected[axis], " (batch, q_len, out_heads)");
+    check_output_view(lse, "args.lse", {call.q, call.k, call.v, call.out});
+  }
+
+  // Packed outputs: token rows past the last sequence (cu_seqlens.q.back() and on) belong to no
+  // sequence; they are written as zeros (log-sum-exp -inf), as rows past a padded length are.
+  static void zero_rows_past_tokens(const View<float, 4>& out, const View<float, 3>& lse, Index tokens) {
+    for (Index t = tokens; t < out.extent(1); ++t)
+      for (Index h = 0; h < out.extent(2); ++h) {
+        for (Index d = 0; d < out.extent(3); ++d) out(0, t, h, d) = 0.0f;
+        if (lse.data() != nullptr) lse(0, t, h) = -std::numeric_limits<float>::infinity();
+      }
   }
 
   // Calls f with the mask policy of the options: window (causal folded in), causal or none.

@@ -57,8 +57,10 @@ class LinearState {
       : batch_(batch), kv_heads_(kv_heads), features_(features), v_dim_(v_dim) {
     ATTNKIT_CHECK(batch >= 0 && kv_heads >= 1 && features >= 1 && v_dim >= 1, "state: shape (", batch, ", ", kv_heads,
                   ", ", features, ", ", v_dim, "), expected batch >= 0 and the rest >= 1");
-    s_.assign(static_cast<std::size_t>(batch * kv_heads * features * v_dim), 0.0f);
-    z_.assign(static_cast<std::size_t>(batch * kv_heads * features), 0.0f);
+    const Index z_size =
+        detail::checked_mul(detail::checked_mul(batch, kv_heads, "state: size"), features, "state: size");
+    s_.assign(static_cast<std::size_t>(detail::checked_mul(z_size, v_dim, "state: size")), 0.0f);
+    z_.assign(static_cast<std::size_t>(z_size), 0.0f);
   }
 
   Index batch() const { return batch_; }

@@ -101,7 +101,9 @@ class Attention<ProbSparse, Backend> {
     detail::check_scale_option(options_.scale);
   }
 
-  std::string name() const { return "probsparse/" + Backend::name(); }
+  std::string name() const {
+    return std::string(options_.causal ? "probsparse-causal/" : "probsparse/") + Backend::name();
+  }
   const Options& options() const { return options_; }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) -> out (B, Lq, Ho, Dv).
