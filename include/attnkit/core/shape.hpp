@@ -97,7 +97,7 @@ MemoryRange memory_range(const View<T, Rank>& view, const char* name) {
 // permutation of a row-major tensor, padded or not. Threads write disjoint outputs only, and a
 // kernel reads inputs after it started writing, so aliasing is never allowed.
 template <class T, int Rank>
-void check_output_view(const View<T, Rank>& out, const char* name, std::initializer_list<MemoryRange> inputs) {
+void check_output_view(const View<T, Rank>& out, const char* name, std::span<const MemoryRange> inputs) {
   if (out.empty()) return;
   std::array<int, Rank> axes{};
   int count = 0;
@@ -116,6 +116,10 @@ void check_output_view(const View<T, Rank>& out, const char* name, std::initiali
   for (const MemoryRange& input : inputs)
     ATTNKIT_CHECK(input.end <= range.begin || range.end <= input.begin, name, ": memory overlaps ", input.name,
                   " (outputs must not alias inputs or other outputs)");
+}
+template <class T, int Rank>
+void check_output_view(const View<T, Rank>& out, const char* name, std::initializer_list<MemoryRange> inputs) {
+  check_output_view(out, name, std::span<const MemoryRange>(inputs.begin(), inputs.size()));
 }
 
 // Checks that the work of one call, the product of its problem sizes (say batch x heads x q_len

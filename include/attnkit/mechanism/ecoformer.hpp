@@ -154,6 +154,9 @@ class Attention<EcoFormer, Backend> {
                   const EcoFormerHash& hash, const View<float, 4>& out, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     check_hash(shape, hash);
+    check_output_view(out, "out",
+                      {memory_range(hash.anchors, "hash.anchors"), memory_range(hash.mvec, "hash.mvec"),
+                       memory_range(hash.a, "hash.a")});
     const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
     const detail::EcoPlan plan = make_plan(shape, seqs, hash);
     if (plan.items == 0) return;
@@ -171,6 +174,9 @@ class Attention<EcoFormer, Backend> {
     check_view(hash.a, "hash.a");
     const Index m = hash.anchors.extent(0), bits = hash.a.extent(1);
     ATTNKIT_CHECK(m >= 1, "hash.anchors: rows ", m, ", expected >= 1 (m anchors)");
+    check_problem_size({shape.batch, shape.heads.out_heads(), std::max(shape.q_len, shape.kv_len), m,
+                        std::max(shape.head_dim, shape.v_dim)},
+                       "q, k, hash.anchors (batch x heads x length x anchors x head_dim)");
     ATTNKIT_CHECK(hash.anchors.extent(1) == shape.head_dim, "hash.anchors: shape (", m, ", ", hash.anchors.extent(1),
                   "), expected (", m, ", ", shape.head_dim, ") (m, q's head_dim)");
     ATTNKIT_CHECK(hash.mvec.extent(0) == m, "hash.mvec: size ", hash.mvec.extent(0), ", expected ", m,

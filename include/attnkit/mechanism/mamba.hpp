@@ -153,6 +153,7 @@ class Attention<Mamba, Backend> {
     s.d_state = a.extent(1);
     ATTNKIT_CHECK(a.extent(0) == s.d_inner, "A: d_inner ", a.extent(0), ", expected ", s.d_inner, " (u's d_inner)");
     ATTNKIT_CHECK(s.d_state >= 1, "A: d_state ", s.d_state, ", expected >= 1");
+    check_problem_size({s.batch, s.len, s.d_inner, s.d_state}, "u, A (batch x L x d_inner x d_state)");
     detail::check_finite(a, "A");
     check_strided_view(b, "B");
     s.groups = b.extent(2);
@@ -185,6 +186,11 @@ class Attention<Mamba, Backend> {
     const std::array<const char*, 3> state_axes{"sequences", "d_inner", "d_state"};
     if (detail::given(args.initial_state)) check_extents(args.initial_state, "args.initial_state", states, state_axes);
     if (detail::given(args.final_state)) check_extents(args.final_state, "args.final_state", states, state_axes);
+    if (out != nullptr)
+      detail::check_scan_outputs(*out, args.final_state, args.initial_state,
+                                 {memory_range(u, "u"), memory_range(delta, "delta"), memory_range(a, "A"),
+                                  memory_range(b, "B"), memory_range(c, "C"), memory_range(args.z, "args.z"),
+                                  memory_range(args.d, "args.D"), memory_range(args.delta_bias, "args.delta_bias")});
     return s;
   }
 

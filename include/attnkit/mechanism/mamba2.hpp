@@ -162,6 +162,13 @@ class Attention<Mamba2, Backend> {
     const std::array<const char*, 4> state_axes{"batch", "heads", "head_dim", "d_state"};
     if (detail::given(args.initial_state)) check_extents(args.initial_state, "args.initial_state", states, state_axes);
     if (detail::given(args.final_state)) check_extents(args.final_state, "args.final_state", states, state_axes);
+    check_problem_size({s.batch, s.len, s.heads, s.head_dim, s.d_state},
+                       "x, B (batch x L x heads x head_dim x d_state)");
+    if (out != nullptr)
+      detail::check_scan_outputs(*out, args.final_state, args.initial_state,
+                                 {memory_range(x, "x"), memory_range(dt, "dt"), memory_range(a, "A"),
+                                  memory_range(b, "B"), memory_range(c, "C"), memory_range(args.z, "args.z"),
+                                  memory_range(args.d, "args.D"), memory_range(args.dt_bias, "args.dt_bias")});
     return s;
   }
 

@@ -187,7 +187,7 @@ class Attention<Performer, Backend> {
   void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
                   const View<const float, 2>& w, const View<float, 4>& out, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
-    check_projection(w, shape);
+    check_projection(w, shape, &out);
     const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
     detail::zero_rows_past_lengths(out, seqs);
     const detail::FeaturePlan plan = make_plan(shape, seqs, w);
@@ -202,11 +202,16 @@ class Attention<Performer, Backend> {
   }
 
  private:
-  static void check_projection(const View<const float, 2>& w, const AttentionShape& shape) {
+  static void check_projection(const View<const float, 2>& w, const AttentionShape& shape,
+                               const View<float, 4>* out = nullptr) {
     check_view(w, "w");
     ATTNKIT_CHECK(w.extent(0) >= 1, "w: features ", w.extent(0), ", expected >= 1");
     ATTNKIT_CHECK(w.extent(1) == shape.head_dim, "w: columns ", w.extent(1), ", expected ", shape.head_dim,
                   " (q's head_dim)");
+    check_problem_size({shape.batch, shape.heads.out_heads(), std::max(shape.q_len, shape.kv_len), w.extent(0),
+                        std::max(shape.head_dim, shape.v_dim)},
+                       "q, k, w (batch x heads x length x features x head_dim)");
+    if (out != nullptr) check_output_view(*out, "out", {memory_range(w, "w")});
   }
 
   static detail::FeaturePlan make_plan(const AttentionShape& shape, const SequenceLayout& seqs,

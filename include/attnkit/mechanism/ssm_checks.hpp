@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 
 #include "attnkit/core/error.hpp"
@@ -42,6 +43,26 @@ void check_finite(const View<const float, Rank>& view, const char* name) {
           fail(name, "(", r, ", ", c, ") is ", value, ", expected a finite real value");
       }
     }
+}
+
+// The outputs of a scan: out and, when given, final_state, each overlapping neither itself, the
+// other nor an input (inputs: all but initial_state); final_state may be exactly initial_state (a
+// decode step updates its state in place).
+template <class Out, class State, class InitialState>
+void check_scan_outputs(const Out& out, const State& final_state, const InitialState& initial_state,
+                        std::initializer_list<MemoryRange> inputs) {
+  std::array<MemoryRange, 12> ranges{};
+  std::size_t count = 0;
+  for (const MemoryRange& input : inputs) ranges[count++] = input;
+  const MemoryRange initial = memory_range(initial_state, "args.initial_state");
+  const MemoryRange final = memory_range(final_state, "args.final_state");
+  ranges[count++] = initial;
+  ranges[count++] = final;
+  check_output_view(out, "out", std::span<const MemoryRange>(ranges.data(), count));
+  if (!given(final_state)) return;
+  ranges[count - 1] = memory_range(out, "out");
+  if (initial.begin == final.begin && initial.end == final.end) ranges[count - 2] = MemoryRange{};
+  check_output_view(final_state, "args.final_state", std::span<const MemoryRange>(ranges.data(), count));
 }
 
 // Packed sequences: offsets start at 0, never decrease and end at the token count.

@@ -130,6 +130,7 @@ class Attention<XAttention, Backend> {
     for (int axis = 0; axis < 4; ++axis)
       ATTNKIT_CHECK(scores.extent(axis) == expected[axis], "scores: extent ", axis, " is ", scores.extent(axis),
                     ", expected ", expected[axis], " (batch, out_heads, q_blocks, kv_blocks)");
+    check_output_view(scores, "scores", {memory_range(q, "q"), memory_range(k, "k")});
     detail::XScorer<V> scorer(q, k, shape, geo, scale_for(shape));
     const detail::ScopedWorkspace scratch(workspace, scorer.workspace_bytes(backend_.threads()));
     if (scores.empty()) return;
