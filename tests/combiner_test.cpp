@@ -313,3 +313,23 @@ TEST_CASE("combiner-logsparse results, workspace, cost and errors", "[combiner]"
   CHECK_THROWS_WITH(causal(small.q.view, small.k.view, small.v.view, longer.out.view),
                     Contains("out: seq 5, expected 4"));
 }
+
+TEMPLATE_LIST_TEST_CASE("combiner-logsparse causal query 5 covers key 4 through a level-0 span, as _SelfAttLogn does",
+                        "[combiner][logsparse][conventions]", ak::test::Backends) {
+  // One-hot values v_j = e_j: out_i's entry j is the weight key j gets from query i. Query 5
+  // sees {5}, {4} and the level-2 span [0, 4); nothing after 5.
+  const Index n = 8;
+  const std::vector<float> q = ak::test::uniform(n * 4, 5), k = ak::test::uniform(n * 4, 6);
+  std::vector<float> v(n * n, 0.0f), out(n * n, -1.0f);
+  for (Index j = 0; j < n; ++j) v[j * n + j] = 1.0f;
+  ak::Attention<ak::CombinerLogsparse, TestType>({.causal = true})(
+      ak::bshd(q.data(), 1, n, 1, 4), ak::bshd(k.data(), 1, n, 1, 4), ak::bshd(v.data(), 1, n, 1, n),
+      ak::bshd(out.data(), 1, n, 1, n));
+  const float* row5 = out.data() + 5 * n;
+  for (Index j = 0; j <= 5; ++j) CHECK(row5[j] > 0.0f);
+  CHECK(row5[6] == 0.0f);
+  CHECK(row5[7] == 0.0f);
+  double sum = 0;
+  for (Index j = 0; j < n; ++j) sum += row5[j];
+  CHECK(sum == Approx(1.0).epsilon(1e-5));
+}

@@ -110,3 +110,27 @@ TEST_CASE("window rejects bad options with a message naming the argument", "[spa
   CHECK_THROWS_WITH(ak::Attention<ak::Dense>(ak::Dense::Options{.window = {.right = -5}}),
                     Contains("options.window.right is -5, expected >= 0 or -1 (unbounded)"));
 }
+
+TEMPLATE_LIST_TEST_CASE("top-left causal (torch is_causal, fast-transformers) through the README recipes",
+                        "[sparse][window][conventions]", ak::test::Backends) {
+  // Top-left: query i sees keys j <= i. q_len <= kv_len: bottom-right causal on the first q_len
+  // keys; q_len > kv_len: a window right of q_len - kv_len, not causal.
+  const auto top_left = [](Index, Index, Index i, Index j) { return j <= i; };
+  std::mt19937 rng(91);
+  for (int trial = 0; trial < 6; ++trial) {
+    MaskedCase c = ak::test::random_case(rng, 150, 900 + trial);
+    INFO("q_len " << c.q_len << " kv_len " << c.kv_len);
+    ak::test::MaskedRun run(c);
+    if (c.q_len <= c.kv_len) {
+      const auto prefix = [&](const ak::View<const float, 4>& x) {
+        return ak::View<const float, 4>(x.data(), {x.extent(0), c.q_len, x.extent(2), x.extent(3)}, x.strides());
+      };
+      ak::Attention<ak::Dense, TestType>({.causal = true})(run.q.view, prefix(run.k.view), prefix(run.v.view),
+                                                           run.out.view);
+    } else {
+      ak::Attention<ak::Dense, TestType>({.window = {.left = -1, .right = c.q_len - c.kv_len}})(
+          run.q.view, run.k.view, run.v.view, run.out.view);
+    }
+    ak::test::check_masked(c, run, top_left);
+  }
+}
