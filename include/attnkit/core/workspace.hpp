@@ -31,6 +31,13 @@ inline constexpr std::size_t kWorkspaceAlign = 64;
 // guard bytes, checked when its arena ends: an overrun that stays inside the workspace, which
 // AddressSanitizer cannot see, then aborts the test that made it.
 #if !defined(ATTNKIT_WORKSPACE_GUARDS)
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang's spelling of __SANITIZE_ADDRESS__
+#define ATTNKIT_WORKSPACE_GUARDS 1
+#endif
+#endif
+#endif
+#if !defined(ATTNKIT_WORKSPACE_GUARDS)
 #if defined(__SANITIZE_ADDRESS__)
 #define ATTNKIT_WORKSPACE_GUARDS 1
 #else
