@@ -180,7 +180,7 @@ void register_case(Index n, bool local, bool full) {
         });
   }
   add("xattn scoring", n, local, [](bm::State& state, const Problem& p, std::vector<float>& out) {
-    const ak::Attention<ak::XAttention> attn({.block = kBlock});
+    const ak::Attention<ak::XAttention> attn({.block = kBlock, .causal = true});
     const Index blocks = (p.n + kBlock - 1) / kBlock;
     out.resize(static_cast<std::size_t>(kHeads * blocks * blocks));
     const auto scores = ak::View<float, 4>::contiguous(out.data(), {1, kHeads, blocks, blocks});
@@ -196,7 +196,7 @@ void register_case(Index n, bool local, bool full) {
     char name[32];
     std::snprintf(name, sizeof name, "xattention tau=%.2f", tau);
     add(name, n, local, [tau](bm::State& state, const Problem& p, std::vector<float>& out) {
-      const ak::Attention<ak::XAttention> attn({.block = kBlock, .tau = {tau}});
+      const ak::Attention<ak::XAttention> attn({.block = kBlock, .tau = {tau}, .causal = true});
       ak::BlockMask selected;
       attn(p.view(p.q), p.view(p.k), p.view(p.v), p.out(out), {.selected = &selected});
       if (!ak::bench::check_output(state, out, "xattention " + std::to_string(tau) + "/" + p.name(),

@@ -1,7 +1,9 @@
 // Attention<XAttention>: antidiagonal scoring against reference::xattention_scores (double, with
-// the float twin for the tolerance rule), selection against reference::xattention_select exactly
-// (random scores, ties, tau = 1, tau -> 0, per-head tau), the whole call against
-// reference::block_sparse with the selected mask, batch > 1 and GQA; every error message.
+// the float twin for the tolerance rule), selection by both rules (the documented default and the
+// reference's find_blocks_chunked) against reference::xattention_select exactly (random scores,
+// ties, tau = 1, tau -> 0, per-head tau, chunks), the smallest case where the two rules differ, the
+// whole call against reference::block_sparse with the selected mask, batch > 1 and GQA; names,
+// defaults and every error message.
 #include <catch2/catch.hpp>
 
 #include <attnkit/reference/xattention.hpp>
@@ -52,19 +54,43 @@ void check_scores(const MaskedCase& c, Index stride, Index block, bool causal) {
 
 std::vector<double> as_double(const std::vector<float>& x) { return {x.begin(), x.end()}; }
 
-// Kernel selection of flat scores (B, H, qb, kb) against the naive one.
+constexpr ak::XSelection kSelections[] = {ak::XSelection::kSinkDiagonalThreshold, ak::XSelection::kReferenceChunked};
+
+// Kernel selection of flat scores (B, H, qb, kb) against the naive one, by both rules.
+template <class Backend = ak::Scalar>
 void check_selection(const std::vector<float>& scores, Index batch, Index heads, Index q_len, Index kv_len,
-                     const std::vector<float>& tau, Index block, bool causal) {
-  const ak::Attention<ak::XAttention, ak::Scalar> attn({.stride = 8, .block = block, .tau = tau, .causal = causal});
-  const auto view = ak::View<const float, 4>::contiguous(
-      scores.data(), {batch, heads, blocks_of(q_len, block), blocks_of(kv_len, block)});
-  const ak::BlockMask got = attn.select(view, q_len, kv_len);
-  const ak::BlockMask expected =
-      ak::reference::xattention_select(as_double(scores), batch, heads, q_len, kv_len,
-                                       std::vector<double>(tau.begin(), tau.end()), {.block = block, .causal = causal});
-  CHECK(got.offsets == expected.offsets);
-  CHECK(got.columns == expected.columns);
+                     const std::vector<float>& tau, Index block, bool causal, Index chunk = 0) {
+  for (const ak::XSelection selection : kSelections) {
+    INFO("selection " << int(selection) << " q_len " << q_len << " kv_len " << kv_len << " causal " << causal
+                      << " chunk " << chunk << " tau " << tau[0]);
+    const ak::Attention<ak::XAttention, Backend> attn(
+        {.stride = 8, .block = block, .tau = tau, .causal = causal, .selection = selection, .chunk = chunk});
+    const auto view = ak::View<const float, 4>::contiguous(
+        scores.data(), {batch, heads, blocks_of(q_len, block), blocks_of(kv_len, block)});
+    const ak::BlockMask got = attn.select(view, q_len, kv_len);
+    const ak::BlockMask expected = ak::reference::xattention_select(
+        as_double(scores), batch, heads, q_len, kv_len, std::vector<double>(tau.begin(), tau.end()),
+        {.block = block, .causal = causal, .selection = selection, .chunk = chunk});
+    CHECK(got.offsets == expected.offsets);
+    CHECK(got.columns == expected.columns);
+  }
 }
+
+// The blocks `selection` keeps for query block qb of a (1, 1, n, n) score matrix whose row qb is
+// `row` (the other rows zero), block 64.
+std::vector<std::int32_t> kept_blocks(const std::vector<float>& row, Index qb, float tau, bool causal,
+                                      ak::XSelection selection, Index chunk = 0) {
+  const Index n = static_cast<Index>(row.size());
+  std::vector<float> scores(static_cast<std::size_t>(n * n), 0.0f);
+  std::copy(row.begin(), row.end(), scores.begin() + qb * n);
+  const auto view = ak::View<const float, 4>::contiguous(scores.data(), {1, 1, n, n});
+  const ak::BlockMask mask = ak::Attention<ak::XAttention, ak::Scalar>(
+                                 {.block = 64, .tau = {tau}, .causal = causal, .selection = selection, .chunk = chunk})
+                                 .select(view, n * 64, n * 64);
+  const auto blocks = mask.blocks(0, 0, qb);
+  return {blocks.begin(), blocks.end()};
+}
+using Blocks = std::vector<std::int32_t>;
 
 }  // namespace
 
@@ -94,12 +120,33 @@ TEST_CASE("xattention selection matches the naive selection", "[sparse][xattenti
           std::vector<float> scores(2 * 3 * blocks_of(q_len, 64) * blocks_of(kv_len, 64));
           for (float& s : scores) s = uniform(rng);
           check_selection(scores, 2, 3, q_len, kv_len, {tau}, 64, causal);
+          check_selection<ak::OpenMP<>>(scores, 2, 3, q_len, kv_len, {tau}, 64, causal, 4 * 64);
         }
+  }
+  SECTION("random shapes, chunks and block sizes; zero scores past the causal diagonal") {
+    for (int trial = 0; trial < 40; ++trial) {
+      const Index block = std::array<Index, 3>{16, 32, 64}[rng() % 3];
+      const Index q_len = 1 + rng() % 900, kv_len = rng() % 2 ? q_len : 1 + rng() % 900;
+      const bool causal = rng() % 3 != 0;
+      const Index chunk = block * (rng() % 4);  // 0: the reference's default chunk
+      const Index q_blocks = blocks_of(q_len, block), kv_blocks = blocks_of(kv_len, block);
+      std::vector<float> scores(static_cast<std::size_t>(2 * q_blocks * kv_blocks));
+      for (float& s : scores) s = rng() % 4 == 0 ? 0.0f : uniform(rng);
+      if (causal && rng() % 2)  // as score() gives them: nothing right of the diagonal
+        for (Index h = 0; h < 2; ++h)
+          for (Index qb = 0; qb < q_blocks; ++qb) {
+            const Index last_key = std::min(qb * block + block - 1, q_len - 1) + kv_len - q_len;
+            for (Index kb = std::max<Index>(last_key / block + 1, 0); kb < kv_blocks; ++kb)
+              scores[(h * q_blocks + qb) * kv_blocks + kb] = 0.0f;
+          }
+      check_selection(scores, 1, 2, q_len, kv_len, {uniform(rng), uniform(rng)}, block, causal, chunk);
+    }
   }
   SECTION("ties: integer scores") {
     std::vector<float> scores(3 * 16 * 16);
     for (float& s : scores) s = static_cast<float>(rng() % 3);
-    for (const float tau : {0.2f, 0.5f, 0.8f}) check_selection(scores, 1, 3, 16 * 64, 16 * 64, {tau}, 64, true);
+    for (const float tau : {0.2f, 0.5f, 0.8f})
+      for (const bool causal : {true, false}) check_selection(scores, 1, 3, 16 * 64, 16 * 64, {tau}, 64, causal);
   }
   SECTION("per-head tau") {
     std::vector<float> scores(4 * 10 * 10);
@@ -111,8 +158,10 @@ TEST_CASE("xattention selection matches the naive selection", "[sparse][xattenti
     std::vector<float> scores(n * n);
     for (float& s : scores) s = 0.01f + uniform(rng);
     const auto view = ak::View<const float, 4>::contiguous(scores.data(), {1, 1, n, n});
-    const ak::BlockMask all = ak::Attention<ak::XAttention>({.block = 64, .tau = {1.0f}}).select(view, 640, 640);
-    const ak::BlockMask few = ak::Attention<ak::XAttention>({.block = 64, .tau = {0.0f}}).select(view, 640, 640);
+    const ak::BlockMask all =
+        ak::Attention<ak::XAttention>({.block = 64, .tau = {1.0f}, .causal = true}).select(view, 640, 640);
+    const ak::BlockMask few =
+        ak::Attention<ak::XAttention>({.block = 64, .tau = {0.0f}, .causal = true}).select(view, 640, 640);
     for (Index qb = 0; qb < n; ++qb) {
       CHECK(all.blocks(0, 0, qb).size() == std::size_t(qb + 1));
       std::vector<std::int32_t> sink_and_diagonal{0};
@@ -123,6 +172,62 @@ TEST_CASE("xattention selection matches the naive selection", "[sparse][xattenti
     CHECK(ak::block_density(all, 640, 640, 64, true) == std::vector<double>{1.0});
     CHECK(ak::block_density(few, 640, 640, 64, true)[0] == Approx(19.0 / 55.0));
   }
+}
+
+TEST_CASE("xattention selection: the smallest case where the reference rule keeps one block more",
+          "[sparse][xattention]") {
+  // L 512, block 64 (8 key blocks), query block 4, causal, q_len == kv_len, tau 0.9; the row's
+  // scores sum to 8 (8 strided rows of probabilities), so the threshold is 7.2.
+  const std::vector<float> row{0, 0, 0, 2.603f, 5.397f, 0, 0, 0};
+  // Default: the sink (0) and the diagonal (5.397) are kept; 5.397 < 7.2 adds the largest other,
+  // block 3 (sum 8.0); 8.0 >= 7.2 stops: {0, 3, 4}.
+  CHECK(kept_blocks(row, 4, 0.9f, true, ak::XSelection::kSinkDiagonalThreshold) == Blocks{0, 3, 4});
+  // Reference: the diagonal write covers column 0 (first chunk), so only the diagonal is
+  // pre-selected. Ranking: 4 (pre-selected), then 3, 2, 1, 0 (zeros tie, the higher index first).
+  // Sums before each position: 0, 0, 5.397, 8.0, ...: positions 0, 1, 2 (blocks 4, 3, 2) pass and
+  // the rest fall back to index 0: {0, 2, 3, 4}.
+  CHECK(kept_blocks(row, 4, 0.9f, true, ak::XSelection::kReferenceChunked) == Blocks{0, 2, 3, 4});
+  // In a later chunk (2 query blocks per chunk: block 4 starts chunk 2) the sink is pre-selected
+  // with the diagonal and the rule is the default one.
+  CHECK(kept_blocks(row, 4, 0.9f, true, ak::XSelection::kReferenceChunked, 2 * 64) == Blocks{0, 3, 4});
+  // tau 0: the diagonal and, by the fallback, block 0.
+  CHECK(kept_blocks(row, 4, 0.0f, true, ak::XSelection::kReferenceChunked) == Blocks{0, 4});
+  // The kernel's scores end in the same selection: the whole call keeps what select() keeps
+  // (checked on random inputs by "xattention equals block-sparse attention ...").
+}
+
+TEST_CASE("xattention selection: the reference rule does not force the diagonal when not causal",
+          "[sparse][xattention]") {
+  // Non-causal, query block 4 of 8, tau 0.5 (threshold 4 of 8): block 0 (6.0) alone reaches it.
+  const std::vector<float> row{6.0f, 0, 0, 0, 0.01f, 1.99f, 0, 0};
+  // Default: the sink and the diagonal (6.01 >= 4): {0, 4}.
+  CHECK(kept_blocks(row, 4, 0.5f, false, ak::XSelection::kSinkDiagonalThreshold) == Blocks{0, 4});
+  // Reference: ranking 0, 5, 4, ...; sums before: 0, 6, ...: only block 0: {0}.
+  CHECK(kept_blocks(row, 4, 0.5f, false, ak::XSelection::kReferenceChunked) == Blocks{0});
+  // tau 0.9 (threshold 7.2): ranking 0, 5, 4, ...; sums before 0, 6.0, 7.99: {0, 5}, still without
+  // the diagonal; the default adds block 5 to the sink and the diagonal (6.01, then 8.0): {0, 4, 5}.
+  CHECK(kept_blocks(row, 4, 0.9f, false, ak::XSelection::kReferenceChunked) == Blocks{0, 5});
+  CHECK(kept_blocks(row, 4, 0.9f, false, ak::XSelection::kSinkDiagonalThreshold) == Blocks{0, 4, 5});
+}
+
+TEST_CASE("xattention: not causal by default; names say causal; the reference's default chunk",
+          "[sparse][xattention]") {
+  CHECK_FALSE(ak::XAttention::Options{}.causal);
+  CHECK_FALSE(ak::BlockSparse::Options{}.causal);
+  CHECK_FALSE(ak::reference::XAttentionOptions{}.causal);
+  CHECK(ak::XAttention::Options{}.selection == ak::XSelection::kSinkDiagonalThreshold);
+  CHECK(ak::Attention<ak::XAttention, ak::Scalar>().name() == "xattention/scalar");
+  CHECK(ak::Attention<ak::XAttention, ak::Scalar>({.causal = true}).name() == "xattention-causal/scalar");
+  CHECK(ak::Attention<ak::BlockSparse, ak::Scalar>().name() == "block-sparse/scalar");
+  CHECK(ak::Attention<ak::BlockSparse, ak::Scalar>({.causal = true}).name() == "block-sparse-causal/scalar");
+  // Xattention_prefill: max(min(max(2048, p), 2^28 / p), 2048), p = bit_ceil(kv_len).
+  CHECK(ak::xattention_reference_chunk(1) == 2048);
+  CHECK(ak::xattention_reference_chunk(512) == 2048);
+  CHECK(ak::xattention_reference_chunk(3000) == 4096);
+  CHECK(ak::xattention_reference_chunk(16384) == 16384);
+  CHECK(ak::xattention_reference_chunk(16385) == 8192);
+  CHECK(ak::xattention_reference_chunk(131072) == 2048);
+  CHECK(ak::xattention_reference_chunk(1 << 20) == 2048);
 }
 
 TEMPLATE_LIST_TEST_CASE("xattention equals block-sparse attention with its selected mask", "[sparse][xattention]",
@@ -142,34 +247,42 @@ TEMPLATE_LIST_TEST_CASE("xattention equals block-sparse attention with its selec
                               .v_dim = 24,
                               .layout = Layout::kBhsd,
                               .seed = 22}})
-    for (const bool causal : {true, false}) {
-      const ak::XAttention::Options o{.stride = 4, .block = 64, .tau = {0.8f}, .causal = causal};
-      ak::test::MaskedRun run(c);
-      ak::BlockMask selected;
-      const ak::Attention<ak::XAttention, TestType> attn(o);
-      attn(run.q.view, run.k.view, run.v.view, run.out.view, {.selected = &selected});
-      // The mask is the selection of the scores.
-      const std::vector<float> scores = kernel_scores<TestType>(c, run, o);
-      const ak::BlockMask expected =
-          attn.select(ak::View<const float, 4>::contiguous(
-                          scores.data(), {c.batch, c.out_heads(), blocks_of(c.q_len, 64), blocks_of(c.kv_len, 64)}),
-                      c.q_len, c.kv_len);
-      CHECK(selected.offsets == expected.offsets);
-      CHECK(selected.columns == expected.columns);
-      const std::vector<double> density = ak::block_density(selected, c.q_len, c.kv_len, 64, causal);
-      CHECK(density.size() == std::size_t(c.batch * c.out_heads()));
-      for (const double d : density) CHECK((d > 0.0 && d <= 1.0));
-      ak::test::check_masked(c, run, ak::reference::BlockElements(selected, 64, c.q_len, c.kv_len, causal));
-      CHECK(attn.cost(run.q.view, run.k.view, run.v.view, selected).flops > 0);
-    }
+    for (const bool causal : {true, false})
+      for (const ak::XSelection selection : kSelections) {
+        const ak::XAttention::Options o{
+            .stride = 4, .block = 64, .tau = {0.8f}, .causal = causal, .selection = selection, .chunk = 128};
+        ak::test::MaskedRun run(c);
+        ak::BlockMask selected;
+        const ak::Attention<ak::XAttention, TestType> attn(o);
+        attn(run.q.view, run.k.view, run.v.view, run.out.view, {.selected = &selected});
+        // The mask is the selection of the scores.
+        const std::vector<float> scores = kernel_scores<TestType>(c, run, o);
+        const ak::BlockMask expected =
+            attn.select(ak::View<const float, 4>::contiguous(
+                            scores.data(), {c.batch, c.out_heads(), blocks_of(c.q_len, 64), blocks_of(c.kv_len, 64)}),
+                        c.q_len, c.kv_len);
+        CHECK(selected.offsets == expected.offsets);
+        CHECK(selected.columns == expected.columns);
+        // ... and the twin's selection of the kernel's scores.
+        const ak::BlockMask twin = ak::reference::xattention_select(
+            as_double(scores), c.batch, c.out_heads(), c.q_len, c.kv_len, {double(0.8f)},
+            {.block = 64, .causal = causal, .selection = selection, .chunk = 128});
+        CHECK(selected.offsets == twin.offsets);
+        CHECK(selected.columns == twin.columns);
+        const std::vector<double> density = ak::block_density(selected, c.q_len, c.kv_len, 64, causal);
+        CHECK(density.size() == std::size_t(c.batch * c.out_heads()));
+        for (const double d : density) CHECK((d > 0.0 && d <= 1.0));
+        ak::test::check_masked(c, run, ak::reference::BlockElements(selected, 64, c.q_len, c.kv_len, causal));
+        CHECK(attn.cost(run.q.view, run.k.view, run.v.view, selected).flops > 0);
+      }
 }
 
 TEST_CASE("xattention with tau = 1 equals dense attention", "[sparse][xattention]") {
   const MaskedCase c{.q_len = 333, .kv_len = 333, .q_heads = 2, .head_dim = 16, .v_dim = 16, .seed = 31};
   ak::test::MaskedRun run(c);
   ak::BlockMask selected;
-  ak::Attention<ak::XAttention, ak::Simd<>>({.block = 64, .tau = {1.0f}})(run.q.view, run.k.view, run.v.view,
-                                                                          run.out.view, {.selected = &selected});
+  ak::Attention<ak::XAttention, ak::Simd<>>({.block = 64, .tau = {1.0f}, .causal = true})(
+      run.q.view, run.k.view, run.v.view, run.out.view, {.selected = &selected});
   CHECK(ak::block_density(selected, c.q_len, c.kv_len, 64, true) == std::vector<double>{1.0, 1.0});
   ak::test::check_masked(c, run, ak::reference::WindowElements{c.q_len, c.kv_len, -1, -1, true});
 }
@@ -179,8 +292,8 @@ TEST_CASE("xattention on empty inputs: no batch, no queries, no keys", "[sparse]
                               MaskedCase{.q_len = 50, .kv_len = 0}, MaskedCase{.q_len = 3, .kv_len = 50}}) {
     ak::test::MaskedRun run(c);
     ak::BlockMask selected;
-    ak::Attention<ak::XAttention, ak::OpenMP<>>({.stride = 4, .block = 16})(run.q.view, run.k.view, run.v.view,
-                                                                            run.out.view, {.selected = &selected});
+    ak::Attention<ak::XAttention, ak::OpenMP<>>({.stride = 4, .block = 16, .causal = true})(
+        run.q.view, run.k.view, run.v.view, run.out.view, {.selected = &selected});
     CHECK(selected.offsets.size() == std::size_t(c.batch * blocks_of(c.q_len, 16) + 1));
     ak::test::check_masked(c, run, ak::reference::BlockElements(selected, 16, c.q_len, c.kv_len, true));
   }
@@ -198,6 +311,9 @@ TEST_CASE("xattention rejects bad input with a message naming the argument", "[s
   CHECK_THROWS_WITH(ak::Attention<ak::XAttention>({.tau = {std::nanf("")}}), Contains("options.tau[0] is nan"));
   CHECK_THROWS_WITH(ak::Attention<ak::XAttention>({.scale = -2.0f}),
                     Contains("options.scale is -2, expected a finite value > 0"));
+  CHECK_THROWS_WITH(ak::Attention<ak::XAttention>({.block = 64, .chunk = 100}),
+                    Contains("options.chunk is 100, expected 0 or a positive multiple of options.block 64"));
+  CHECK_THROWS_WITH(ak::Attention<ak::XAttention>({.block = 64, .chunk = -64}), Contains("options.chunk is -64"));
   std::vector<float> buf(4096, 0.0f), out_buf(4096, 0.0f);
   float* p = buf.data();      // inputs (they may share memory)
   float* o = out_buf.data();  // outputs, which must not

@@ -1,22 +1,33 @@
-// The XAttention scoring kernel (mechanism/xattention.hpp, whose header comment gives the
-// algorithm): antidiagonal block scores through strided q' / k' rows packed into key panels and
-// the register-tiled score micro-kernel, an fp32 softmax per strided row and block sums.
-//   XGeometry   the strided problem of one call: lengths, strided rows and columns, blocks, and
-//               which strided columns a row sees (from the mask policy's visible keys).
-//   XScorer     packs and scores into its workspace (carve: the only description of its layout).
-// Not here: options, selection (select_blocks) and the block-sparse run (mechanism/).
+// The XAttention kernels (mechanism/xattention.hpp, whose header comment gives the algorithm and
+// both selection rules): antidiagonal block scores through strided q' / k' rows packed into key
+// panels and the register-tiled score micro-kernel, an fp32 softmax per strided row and block
+// sums; then the selection of every (batch, head, query block) row from those scores.
+//   XGeometry              the strided problem of one call: lengths, strided rows and columns,
+//                          blocks, and which strided columns a row sees (from the mask policy).
+//   XScorer                packs and scores into its workspace (carve: the only description of
+//                          its layout).
+//   SinkDiagonalThreshold, ReferenceChunked
+//                          selection rules (policies): which blocks one row keeps.
+//   XSelectionLayout, select_rows
+//                          the selected lists (CSR) and the rows' scratch in a workspace, and the
+//                          selection of every row into them, rows in parallel.
+// Nothing here allocates. Not here: options and the block-sparse run (mechanism/).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <optional>
-#include <vector>
+#include <span>
 
 #include "attnkit/backend/vec.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
+#include "attnkit/core/workspace_layout.hpp"
 #include "attnkit/tile/mask.hpp"
 #include "attnkit/tile/microkernel.hpp"
 #include "attnkit/tile/online_softmax.hpp"
@@ -106,16 +117,14 @@ class XScorer {
     packed_ = b.packed;
     scores_ = b.scores;
     scratch_ = b.scratch;
-    std::vector<Index> heads;  // out heads of the current kv head
+    // The out heads of kv head kvh are [kvh * per_kv, (kvh + 1) * per_kv) (HeadMap: a GQA group, or
+    // the one out head of a kv head when there are more kv heads than query heads).
+    const Index per_kv = shape_.heads.out_heads() / shape_.heads.kv_heads;
     for (Index b = 0; b < shape_.batch; ++b)
       for (Index kvh = 0; kvh < shape_.heads.kv_heads; ++kvh) {
-        heads.clear();
-        for (Index o = 0; o < shape_.heads.out_heads(); ++o)
-          if (shape_.heads.kv_head(o) == kvh) heads.push_back(o);
-        if (heads.empty()) continue;
         backend.parallel_for(panels_, [&](Index p, int) { pack_panel(b, kvh, p); });
-        backend.parallel_for(static_cast<Index>(heads.size()) * items_per_head_, [&](Index item, int slot) {
-          run_item(b, heads[item / items_per_head_], item % items_per_head_, slot);
+        backend.parallel_for(per_kv * items_per_head_, [&](Index item, int slot) {
+          run_item(b, kvh * per_kv + item / items_per_head_, item % items_per_head_, slot);
         });
       }
     return scores_;
@@ -227,5 +236,168 @@ class XScorer {
   float* scores_ = nullptr;
   std::byte* scratch_ = nullptr;
 };
+
+// ---- Selection ----
+
+// One row's scratch: its scores, the ranking of its candidate blocks and the kept flags
+// (kv_blocks each).
+struct XRowScratch {
+  float* scores = nullptr;
+  std::int32_t* order = nullptr;
+  std::uint8_t* keep = nullptr;
+
+  static XRowScratch carve(Arena& arena, Index kv_blocks) {
+    XRowScratch s;
+    s.scores = arena.take<float>(kv_blocks);
+    s.order = arena.take<std::int32_t>(kv_blocks);
+    s.keep = arena.take<std::uint8_t>(kv_blocks);
+    return s;
+  }
+};
+
+// One row of the selection: scores s (kv_blocks), its query block, the diagonal block (>= 0) and
+// required = tau · (sum of the row's scores). A rule sets keep[kb] = 1 for every block it keeps.
+struct XRow {
+  const float* s = nullptr;
+  Index qb = 0, diagonal = 0;
+  double required = 0;
+};
+
+// The order blocks are ranked in: descending score, NaN last, ties by index (lower first, or
+// higher first when HigherOnTies). Sorts order[0, n) in place.
+template <bool HigherOnTies>
+inline void rank_blocks(const float* s, std::int32_t* order, Index n) {
+  auto key = [&](std::int32_t kb) { return std::isnan(s[kb]) ? -INFINITY : s[kb]; };
+  std::sort(order, order + n, [&](std::int32_t x, std::int32_t y) {
+    const float kx = key(x), ky = key(y);
+    if (kx != ky) return kx > ky;
+    return HigherOnTies ? x > y : x < y;
+  });
+}
+
+// The documented rule: the sink and the diagonal, then the other blocks (causal: at or left of
+// the diagonal) in descending score, ties to the lower index, each kept while the kept sum so far
+// is < required.
+struct SinkDiagonalThreshold {
+  void mark(const XRow& row, const XGeometry& geo, const XRowScratch& w) const {
+    const Index diagonal = row.diagonal, last = geo.causal ? diagonal : geo.kv_blocks - 1;
+    w.keep[0] = w.keep[diagonal] = 1;
+    double sum = static_cast<double>(row.s[0]) + (diagonal != 0 ? static_cast<double>(row.s[diagonal]) : 0.0);
+    Index n = 0;
+    for (Index kb = 1; kb <= last; ++kb)
+      if (kb != diagonal) w.order[n++] = static_cast<std::int32_t>(kb);
+    rank_blocks<false>(row.s, w.order, n);
+    for (Index i = 0; i < n && sum < row.required; ++i) {
+      w.keep[w.order[i]] = 1;
+      sum += row.s[w.order[i]];
+    }
+  }
+};
+
+// find_blocks_chunked as xattn_estimate calls it, per chunk of chunk_blocks query blocks:
+//   causal: pre-selected are the diagonal block and the sink, except that the chunk's diagonal
+//   write covers column 0 when the chunk's first query block has diagonal 0 (the first chunk when
+//   q_len == kv_len), and then only the diagonal is. The other blocks at or left of the diagonal
+//   rank in descending score, ties to the higher index; rank position p (pre-selected first) is
+//   kept iff c_p < required, c_0 = c_1 = 0 and c_p = (pre-selected sum) + (sum of the first
+//   p - 2 ranked blocks): with one block pre-selected that is one block more than the
+//   documented rule. Block 0 is always kept (the reference's index-0 fallback).
+//   not causal: nothing pre-selected; every block ranks, position p kept iff the sum of the
+//   blocks ranked before it is < required; block 0 always kept.
+struct ReferenceChunked {
+  Index chunk_blocks = 1;  // query blocks per chunk, >= 1
+
+  void mark(const XRow& row, const XGeometry& geo, const XRowScratch& w) const {
+    w.keep[0] = 1;
+    if (!geo.causal) {
+      Index n = 0;
+      for (Index kb = 0; kb < geo.kv_blocks; ++kb) w.order[n++] = static_cast<std::int32_t>(kb);
+      rank_blocks<true>(row.s, w.order, n);
+      double before = 0;
+      for (Index i = 0; i < n && before < row.required; ++i) {
+        w.keep[w.order[i]] = 1;
+        before += row.s[w.order[i]];
+      }
+      return;
+    }
+    const Index diagonal = row.diagonal;
+    const bool sink = diagonal != 0 && geo.diagonal(row.qb / chunk_blocks * chunk_blocks) != 0;
+    const Index pre = sink ? 2 : 1;
+    const double pre_sum = static_cast<double>(row.s[diagonal]) + (sink ? static_cast<double>(row.s[0]) : 0.0);
+    w.keep[diagonal] = 1;
+    Index n = 0;
+    for (Index kb = sink ? 1 : 0; kb <= diagonal; ++kb)
+      if (kb != diagonal) w.order[n++] = static_cast<std::int32_t>(kb);
+    rank_blocks<true>(row.s, w.order, n);
+    double taken = 0, lagged = 0;  // sums of the first i and the first i - 1 ranked blocks
+    for (Index i = 0; i < n; ++i) {
+      const double before = pre + i <= 1 ? 0.0 : pre_sum + (pre == 2 ? taken : lagged);
+      if (!(before < row.required)) break;
+      w.keep[w.order[i]] = 1;
+      lagged = taken;
+      taken += row.s[w.order[i]];
+    }
+  }
+};
+
+// The selection's workspace: the selected lists (CSR; row r first fills columns
+// [r kv_blocks, r kv_blocks + kept) and select_rows then packs them) and one XRowScratch per thread.
+struct XSelectionLayout {
+  std::int32_t* offsets = nullptr;  // (rows + 1)
+  std::int32_t* columns = nullptr;  // (rows * kv_blocks)
+  std::byte* slots = nullptr;       // (threads, slot_bytes)
+  std::size_t slot_bytes = 0;
+
+  static XSelectionLayout carve(Arena& arena, Index rows, Index kv_blocks, int threads) {
+    XSelectionLayout l;
+    l.offsets = arena.take<std::int32_t>(rows + 1);
+    l.columns = arena.take<std::int32_t>(rows * kv_blocks);
+    l.slot_bytes = scratch_bytes_of<XRowScratch>(kv_blocks);
+    l.slots = arena.take<std::byte>(l.slot_bytes * static_cast<std::size_t>(threads));
+    return l;
+  }
+  static std::size_t bytes(Index rows, Index kv_blocks, int threads) {
+    Arena arena = Arena::measuring();
+    carve(arena, rows, kv_blocks, threads);
+    return arena.used();
+  }
+};
+
+// Selects every (batch, head, query block) row of scores `at(b, h, qb, kb)` (batch, heads,
+// q_blocks, kv_blocks) by `rule` into `out`; tau one value or one per head. Causal rows that see no
+// key list nothing. Returns the number of listed blocks (offsets[rows]).
+template <class Rule, class Backend, class Scores>
+Index select_rows(const Backend& backend, const Scores& at, Index batch, Index heads, const XGeometry& geo,
+                  std::span<const float> tau, const Rule& rule, const XSelectionLayout& out) {
+  const Index rows = batch * heads * geo.q_blocks, kv_blocks = geo.kv_blocks;
+  out.offsets[0] = 0;
+  backend.parallel_for(rows, [&](Index r, int slot) {
+    const Index qb = r % geo.q_blocks, h = r / geo.q_blocks % heads, b = r / (geo.q_blocks * heads);
+    Arena arena(out.slots + out.slot_bytes * static_cast<std::size_t>(slot), out.slot_bytes);
+    const XRowScratch w = XRowScratch::carve(arena, kv_blocks);
+    const Index diagonal = geo.diagonal(qb);
+    Index kept = 0;
+    if (diagonal >= 0) {
+      double total = 0;
+      for (Index kb = 0; kb < kv_blocks; ++kb) {
+        w.scores[kb] = at(b, h, qb, kb);
+        w.keep[kb] = 0;
+        total += w.scores[kb];
+      }
+      const double required = static_cast<double>(tau.size() == 1 ? tau[0] : tau[h]) * total;
+      rule.mark(XRow{w.scores, qb, diagonal, required}, geo, w);
+      std::int32_t* columns = out.columns + r * kv_blocks;
+      for (Index kb = 0; kb < kv_blocks; ++kb)
+        if (w.keep[kb]) columns[kept++] = static_cast<std::int32_t>(kb);
+    }
+    out.offsets[r + 1] = static_cast<std::int32_t>(kept);  // a count until packed below
+  });
+  for (Index r = 0; r < rows; ++r) {
+    const std::int32_t kept = out.offsets[r + 1];
+    if (kept > 0) std::memmove(out.columns + out.offsets[r], out.columns + r * kv_blocks, sizeof(std::int32_t) * kept);
+    out.offsets[r + 1] = out.offsets[r] + kept;
+  }
+  return rows > 0 ? out.offsets[rows] : 0;
+}
 
 }  // namespace attnkit::detail

@@ -92,14 +92,28 @@ struct BlockSparse {
 
 namespace detail {
 
+// A BlockMask's lists without the ownership: what the kernel reads, so that a mask carved from a
+// workspace (XAttention's selection) runs without a BlockMask.
+struct BlockLists {
+  const std::int32_t* offsets = nullptr;  // (batch * heads * q_blocks + 1)
+  const std::int32_t* columns = nullptr;  // (offsets[batch * heads * q_blocks])
+  Index heads = 0, q_blocks = 0;
+
+  static BlockLists of(const BlockMask& m) { return {m.offsets.data(), m.columns.data(), m.heads, m.q_blocks}; }
+  std::span<const std::int32_t> blocks(Index b, Index h, Index qb) const {
+    const Index r = (b * heads + h) * q_blocks + qb;
+    return {columns + offsets[r], static_cast<std::size_t>(offsets[r + 1] - offsets[r])};
+  }
+};
+
 // Blocks policy of the dense kernel: the listed key blocks of the item's (batch, out head, query
 // block), clipped to the keys its rows can see.
 struct ListedKeyBlocks {
-  const BlockMask* mask = nullptr;
+  BlockLists lists{};
   Index block = 0;
   template <class F>
   void for_each(Index seq, Index out_head, Index chunk, Index begin, Index end, Index /*step*/, F&& f) const {
-    for (const std::int32_t kb : mask->blocks(seq, out_head, chunk)) {
+    for (const std::int32_t kb : lists.blocks(seq, out_head, chunk)) {
       const Index first = std::max<Index>(kb * block, begin), last = std::min<Index>((kb + 1) * block, end);
       if (first < last) f(first, last - first);
     }
@@ -160,7 +174,7 @@ inline void check_block_mask(const BlockMask& m, const AttentionShape& shape, In
 // Runs the block-sparse kernel on validated inputs; shared by BlockSparse and XAttention.
 template <class V, class Backend>
 void run_block_sparse(const Backend& backend, const View<const float, 4>& q, const View<const float, 4>& k,
-                      const View<const float, 4>& v, const BlockMask& mask, const View<float, 4>& out,
+                      const View<const float, 4>& v, const BlockLists& lists, const View<float, 4>& out,
                       const AttentionShape& shape, Index block, bool causal, float scale, void* workspace) {
   const SequenceLayout seqs = SequenceLayout::padded(shape, {});
   const DensePlan plan = make_block_sparse_plan(shape, seqs, block, RegisterTile<V>::geometry);
@@ -169,7 +183,7 @@ void run_block_sparse(const Backend& backend, const View<const float, 4>& q, con
   tile::with_causal_mask(causal, [&](auto mask_policy) {
     const DenseKernel<V, decltype(mask_policy), ListedKeyBlocks> kernel(q, k, v, out, View<float, 3>{}, shape, seqs,
                                                                         plan, scale, workspace, backend.threads(),
-                                                                        mask_policy, ListedKeyBlocks{&mask, block});
+                                                                        mask_policy, ListedKeyBlocks{lists, block});
     backend.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
   });
 }
@@ -217,7 +231,9 @@ class Attention<BlockSparse, Backend> {
     detail::check_scale_option(options_.scale);
   }
 
-  std::string name() const { return "block-sparse/" + Backend::name(); }
+  std::string name() const {
+    return std::string(options_.causal ? "block-sparse-causal/" : "block-sparse/") + Backend::name();
+  }
   const Options& options() const { return options_; }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv), mask over (B, Ho, ceil(Lq / block),
@@ -239,8 +255,8 @@ class Attention<BlockSparse, Backend> {
     const detail::ScopedWorkspace workspace(
         args.workspace, detail::block_sparse_workspace<V>(shape, options_.block, backend_.threads()));
     const float scale = detail::scale_or_default(options_.scale, shape.head_dim);
-    detail::run_block_sparse<V>(backend_, q, k, v, mask, out, shape, options_.block, options_.causal, scale,
-                                workspace.data());
+    detail::run_block_sparse<V>(backend_, q, k, v, detail::BlockLists::of(mask), out, shape, options_.block,
+                                options_.causal, scale, workspace.data());
   }
 
  private:

@@ -10,21 +10,44 @@
 //   cS <= rS + S - 1 + off (its first key is visible to the group's last query); fp32 softmax per
 //   strided row over its visible columns; score(qb, kb) = Σ of the probabilities of rows
 //   [qb R, qb R + R) and columns [kb R, kb R + R).
-// Selection per (batch, head, query block) with threshold tau: always keep the sink (key block 0)
-// and the diagonal block (the block of key min(qb B + B - 1, q_len - 1) + off); then the other
-// blocks (causal: at or left of the diagonal) in descending score, ties to the lower index, each
-// kept while the kept sum so far is < tau · (sum of the row's scores). tau = 1 keeps every block
-// with a positive score; tau = 0 keeps the sink and the diagonal only. Causal query blocks that see
-// no key list nothing.
+// Selection per (batch, head, query block) with threshold tau, by Options::selection:
+//   kSinkDiagonalThreshold (default, the documented rule): always keep the sink (key block 0)
+//   and the diagonal block (the block of key min(qb B + B - 1, q_len - 1) + off); then the other
+//   blocks (causal: at or left of the diagonal) in descending score, ties to the lower index, each
+//   kept while the kept sum so far is < tau · (sum of the row's scores). tau = 1 keeps every
+//   block with a positive score; tau = 0 keeps the sink and the diagonal only.
+//   kReferenceChunked (the reference's find_blocks_chunked, as xattn_estimate calls it on chunks
+//   of Options::chunk query positions): causal, it pre-selects the diagonal and the sink, except
+//   in a chunk whose diagonal write covers key block 0 (the first chunk when q_len == kv_len),
+//   where the write overwrites the sink column and only the diagonal is pre-selected; the other
+//   blocks at or left of the diagonal rank in descending score (ties to the higher index:
+//   torch.sort leaves their order open) and rank position p, pre-selected blocks first, is kept
+//   iff c_p < tau · total with c_0 = c_1 = 0, c_p = (pre-selected sum) + (sum of the first p - 2
+//   ranked blocks). With both pre-selected that is the default rule; with the diagonal alone the
+//   sums lag one block, so one more block is kept. Not causal, nothing is pre-selected (the
+//   diagonal is not forced): every block ranks and position p is kept iff the sum ranked before it
+//   is < tau · total. Both ways block 0 is always kept (positions past the threshold fall back to
+//   index 0). Example (L 512, block 64, query block 4, causal, tau 0.9, scores
+//   [0, 0, 0, 2.603, 5.397, 0, 0, 0]): the default keeps {0, 3, 4}, the reference rule {0, 2, 3, 4}.
+//   The reference ranks blocks right of the diagonal too (their scores are zero) and clears them
+//   afterwards; here they are not ranked, so a tie at zero goes to a visible block. Its block
+//   counts come from lengths padded to the chunk, which agree with these when q_len == kv_len.
+// Causal query blocks that see no key list nothing.
 // Batch > 1 and GQA (x-attention #12): every out head scores with its own query head against its
 // kv head and gets its own mask (the block-sparse kernel takes masks per out head); tau is one
 // value or one per out head. The reference code asserts batch 1 and q_heads == kv_heads.
-// Not here: the reference (reference/xattention.hpp).
+// A call given a workspace allocates nothing: the scores, the selected lists and the kernel's
+// scratch are carved from it (a reused Args::selected keeps its capacity).
+// Not here: the kernels (kernel/xattention.hpp), the reference (reference/xattention.hpp).
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
-#include <numeric>
+#include <cstdint>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -34,69 +57,35 @@
 
 namespace attnkit {
 
+// Block selection rule of XAttention (see the file comment).
+enum class XSelection {
+  kSinkDiagonalThreshold,  // sink + diagonal, then by descending score while below tau (default)
+  kReferenceChunked,       // the reference's find_blocks_chunked
+};
+
+// Xattention_prefill's default chunk_size for kv_len keys: max(min(max(2048, p), 2^28 / p), 2048)
+// positions, p the smallest power of two >= kv_len (one chunk up to 16384 keys).
+inline Index xattention_reference_chunk(Index kv_len) {
+  const Index p = static_cast<Index>(std::bit_ceil(static_cast<std::uint64_t>(std::max<Index>(kv_len, 1))));
+  return std::max<Index>(std::min<Index>(std::max<Index>(2048, p), (Index(1) << 28) / p), 2048);
+}
+
 struct XAttention {
   struct Options {
     Index stride = 8;              // S, >= 1
     Index block = 128;             // B, a multiple of stride
     std::vector<float> tau{0.9f};  // in [0, 1]: one for every head, or one per out head
-    bool causal = true;            // bottom-right aligned when q_len != kv_len
+    bool causal = false;           // bottom-right aligned when q_len != kv_len
     std::optional<float> scale{};  // default 1 / sqrt(head_dim); must be finite and > 0
+    XSelection selection = XSelection::kSinkDiagonalThreshold;
+    Index chunk = 0;  // kReferenceChunked: query positions per chunk (xattn_estimate's chunk_size),
+                      // a multiple of block; 0: xattention_reference_chunk(kv_len)
   };
   struct Args {
     BlockMask* selected = nullptr;  // receives the selected blocks (its capacity is reused)
     Workspace workspace{};          // >= workspace_bytes(...) bytes, 64-byte aligned; none: allocated
   };
 };
-
-namespace detail {
-
-// Selection of every (batch, head, query block) row from scores (batch, heads, q_blocks,
-// kv_blocks), `at(b, h, qb, kb)`; tau one value or one per head. Writes into `mask`.
-template <class Scores>
-void select_blocks(const Scores& at, Index batch, Index heads, const XGeometry& geo, const std::vector<float>& tau,
-                   BlockMask& mask) {
-  mask.batch = batch;
-  mask.heads = heads;
-  mask.q_blocks = geo.q_blocks;
-  mask.kv_blocks = geo.kv_blocks;
-  mask.offsets.assign(1, 0);
-  mask.columns.clear();
-  std::vector<std::int32_t> order;
-  std::vector<std::int32_t> kept;
-  for (Index b = 0; b < batch; ++b)
-    for (Index h = 0; h < heads; ++h)
-      for (Index qb = 0; qb < geo.q_blocks; ++qb) {
-        const Index diagonal = geo.diagonal(qb);
-        kept.clear();
-        if (diagonal >= 0) {
-          double total = 0, sum = 0;
-          for (Index kb = 0; kb < geo.kv_blocks; ++kb) total += at(b, h, qb, kb);
-          const double required = static_cast<double>(tau.size() == 1 ? tau[0] : tau[h]) * total;
-          kept.push_back(0);
-          sum += at(b, h, qb, 0);
-          if (diagonal != 0) {
-            kept.push_back(static_cast<std::int32_t>(diagonal));
-            sum += at(b, h, qb, diagonal);
-          }
-          const Index last = geo.causal ? diagonal : geo.kv_blocks - 1;
-          order.clear();
-          for (Index kb = 1; kb <= last; ++kb)
-            if (kb != diagonal) order.push_back(static_cast<std::int32_t>(kb));
-          std::stable_sort(order.begin(), order.end(),
-                           [&](std::int32_t x, std::int32_t y) { return at(b, h, qb, x) > at(b, h, qb, y); });
-          for (const std::int32_t kb : order) {
-            if (!(sum < required)) break;
-            kept.push_back(kb);
-            sum += at(b, h, qb, kb);
-          }
-          std::sort(kept.begin(), kept.end());
-        }
-        mask.columns.insert(mask.columns.end(), kept.begin(), kept.end());
-        mask.offsets.push_back(static_cast<std::int32_t>(mask.columns.size()));
-      }
-}
-
-}  // namespace detail
 
 template <class Backend>
 class Attention<XAttention, Backend> {
@@ -115,9 +104,13 @@ class Attention<XAttention, Backend> {
       ATTNKIT_CHECK(options_.tau[h] >= 0.0f && options_.tau[h] <= 1.0f, "options.tau[", h, "] is ", options_.tau[h],
                     ", expected in [0, 1]");
     detail::check_scale_option(options_.scale);
+    ATTNKIT_CHECK(options_.chunk >= 0 && options_.chunk % options_.block == 0, "options.chunk is ", options_.chunk,
+                  ", expected 0 or a positive multiple of options.block ", options_.block);
   }
 
-  std::string name() const { return "xattention/" + Backend::name(); }
+  std::string name() const {
+    return std::string(options_.causal ? "xattention-causal/" : "xattention/") + Backend::name();
+  }
   const Options& options() const { return options_; }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D) -> scores (B, Ho, ceil(Lq / block), ceil(Lk / block)).
@@ -141,8 +134,8 @@ class Attention<XAttention, Backend> {
     scorer.finish();  // checks the scoring workspace's guards while `scratch` still holds it
   }
 
-  // The blocks options.tau selects from scores (B, Ho, q_blocks, kv_blocks) of a problem with
-  // these lengths (see the file comment).
+  // The blocks options.selection selects with options.tau from scores (B, Ho, q_blocks,
+  // kv_blocks) of a problem with these lengths (see the file comment).
   BlockMask select(const View<const float, 4>& scores, Index q_len, Index kv_len) const {
     check_view(scores, "scores");
     AttentionShape shape{scores.extent(0), q_len, kv_len, 1, 1, HeadMap{scores.extent(1), scores.extent(1)}};
@@ -151,9 +144,14 @@ class Attention<XAttention, Backend> {
     ATTNKIT_CHECK(scores.extent(2) == geo.q_blocks && scores.extent(3) == geo.kv_blocks, "scores: blocks ",
                   scores.extent(2), " x ", scores.extent(3), ", expected ", geo.q_blocks, " x ", geo.kv_blocks,
                   " (ceil(q_len / block) x ceil(kv_len / block))");
+    const Index heads = shape.heads.out_heads();
+    const detail::ScopedWorkspace workspace(Workspace{}, selection_bytes(shape, geo));
+    detail::Arena arena(workspace.data(), workspace.bytes());
+    const auto lists = detail::XSelectionLayout::carve(arena, rows_of(shape, geo), geo.kv_blocks, backend_.threads());
     BlockMask mask;
-    detail::select_blocks([&](Index b, Index h, Index qb, Index kb) { return scores(b, h, qb, kb); }, shape.batch,
-                          shape.heads.out_heads(), geo, options_.tau, mask);
+    select_into(
+        &mask, [&](Index b, Index h, Index qb, Index kb) { return scores(b, h, qb, kb); }, shape.batch, heads, geo,
+        lists);
     return mask;
   }
 
@@ -173,7 +171,8 @@ class Attention<XAttention, Backend> {
   std::size_t workspace_bytes(const View<const float, 4>& q, const View<const float, 4>& k,
                               const View<const float, 4>& v) const {
     const AttentionShape shape = checked_shape(q, k, v);
-    return call_bytes(shape, detail::XScorer<V>(q, k, shape, geometry(shape), scale_for(shape)));
+    const detail::XGeometry geo = geometry(shape);
+    return call_bytes(shape, geo, stage_bytes(shape, detail::XScorer<V>(q, k, shape, geo, scale_for(shape))));
   }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) -> out (B, Lq, Ho, Dv).
@@ -183,23 +182,30 @@ class Attention<XAttention, Backend> {
     check_tau(shape.heads.out_heads());
     const detail::XGeometry geo = geometry(shape);
     detail::XScorer<V> scorer(q, k, shape, geo, scale_for(shape));
-    const detail::ScopedWorkspace workspace(args.workspace, call_bytes(shape, scorer));
-    BlockMask local;
-    BlockMask& mask = args.selected != nullptr ? *args.selected : local;
-    const Index out_heads = shape.heads.out_heads();
+    const std::size_t stage = stage_bytes(shape, scorer);
+    const detail::ScopedWorkspace workspace(args.workspace, call_bytes(shape, geo, stage));
+    // The workspace: the selected lists, then the scoring and, once the lists are made, the
+    // block-sparse kernel in the same bytes.
+    detail::Arena arena(workspace.data(), workspace.bytes());
+    const auto lists = detail::XSelectionLayout::carve(arena, rows_of(shape, geo), geo.kv_blocks, backend_.threads());
+    std::byte* const stage_data = arena.take<std::byte>(stage);
+    const Index heads = shape.heads.out_heads();
     if (shape.batch == 0 || shape.q_len == 0) {
-      detail::select_blocks([](Index, Index, Index, Index) { return 0.0f; }, shape.batch, out_heads, geo, options_.tau,
-                            mask);
+      select_into(
+          args.selected, [](Index, Index, Index, Index) { return 0.0f; }, shape.batch, heads, geo, lists);
       return;
     }
-    const float* s = scorer.run(backend_, workspace.data());
-    detail::select_blocks([&](Index b, Index h, Index qb,
-                              Index kb) { return s[((b * out_heads + h) * geo.q_blocks + qb) * geo.kv_blocks + kb]; },
-                          shape.batch, out_heads, geo, options_.tau, mask);
-    // The scores are no longer needed: the kernel reuses the workspace.
-    scorer.finish();
-    detail::run_block_sparse<V>(backend_, q, k, v, mask, out, shape, options_.block, options_.causal, scale_for(shape),
-                                workspace.data());
+    const float* s = scorer.run(backend_, stage_data);
+    select_into(
+        args.selected,
+        [&](Index b, Index h, Index qb, Index kb) {
+          return s[((b * heads + h) * geo.q_blocks + qb) * geo.kv_blocks + kb];
+        },
+        shape.batch, heads, geo, lists);
+    scorer.finish();  // the scores are no longer needed: the kernel reuses their bytes
+    detail::run_block_sparse<V>(backend_, q, k, v,
+                                detail::BlockLists{lists.offsets, lists.columns, heads, geo.q_blocks}, out, shape,
+                                options_.block, options_.causal, scale_for(shape), stage_data);
   }
 
  private:
@@ -219,9 +225,46 @@ class Attention<XAttention, Backend> {
   float scale_for(const AttentionShape& shape) const {
     return detail::scale_or_default(options_.scale, shape.head_dim);
   }
-  std::size_t call_bytes(const AttentionShape& shape, const detail::XScorer<V>& scorer) const {
+  static Index rows_of(const AttentionShape& shape, const detail::XGeometry& geo) {
+    return shape.batch * shape.heads.out_heads() * geo.q_blocks;
+  }
+  std::size_t selection_bytes(const AttentionShape& shape, const detail::XGeometry& geo) const {
+    return detail::XSelectionLayout::bytes(rows_of(shape, geo), geo.kv_blocks, backend_.threads());
+  }
+  // Bytes of a call's workspace: the selected lists, then the stage (carved as operator() does).
+  std::size_t call_bytes(const AttentionShape& shape, const detail::XGeometry& geo, std::size_t stage) const {
+    detail::Arena arena = detail::Arena::measuring();
+    detail::XSelectionLayout::carve(arena, rows_of(shape, geo), geo.kv_blocks, backend_.threads());
+    arena.take<std::byte>(stage);
+    return arena.used();
+  }
+  // Bytes of the stage the scoring and then the block-sparse kernel run in.
+  std::size_t stage_bytes(const AttentionShape& shape, const detail::XScorer<V>& scorer) const {
     return std::max(scorer.workspace_bytes(backend_.threads()),
                     detail::block_sparse_workspace<V>(shape, options_.block, backend_.threads()));
+  }
+
+  // Runs options.selection's rule on every row into `lists`, then copies them into `mask` (when
+  // given; its vectors keep their capacity).
+  template <class Scores>
+  void select_into(BlockMask* mask, const Scores& at, Index batch, Index heads, const detail::XGeometry& geo,
+                   const detail::XSelectionLayout& lists) const {
+    const std::span<const float> tau(options_.tau);
+    Index listed = 0;
+    if (options_.selection == XSelection::kReferenceChunked) {
+      const Index chunk = options_.chunk > 0 ? options_.chunk : xattention_reference_chunk(geo.kv_len);
+      const detail::ReferenceChunked rule{std::max<Index>(chunk / options_.block, 1)};
+      listed = detail::select_rows(backend_, at, batch, heads, geo, tau, rule, lists);
+    } else {
+      listed = detail::select_rows(backend_, at, batch, heads, geo, tau, detail::SinkDiagonalThreshold{}, lists);
+    }
+    if (mask == nullptr) return;
+    mask->batch = batch;
+    mask->heads = heads;
+    mask->q_blocks = geo.q_blocks;
+    mask->kv_blocks = geo.kv_blocks;
+    mask->offsets.assign(lists.offsets, lists.offsets + batch * heads * geo.q_blocks + 1);
+    mask->columns.assign(lists.columns, lists.columns + listed);
   }
 
   Options options_;
