@@ -40,12 +40,22 @@ namespace {
 // ---- mechanisms, backends and the execution counts printed at exit --------------------------
 
 enum Mechanism {
-  kDense, kBlockSparse, kXAttention, kLinear, kPerformer, kCombiner, kLogsparse, kEcoFormer, kProbSparse, kMamba,
-  kMamba2, kMechanisms
+  kDense,
+  kBlockSparse,
+  kXAttention,
+  kLinear,
+  kPerformer,
+  kCombiner,
+  kLogsparse,
+  kEcoFormer,
+  kProbSparse,
+  kMamba,
+  kMamba2,
+  kMechanisms
 };
-const char* const kMechanismNames[kMechanisms] = {"dense",     "block_sparse",       "xattention", "linear",
-                                                  "performer", "combiner_fixed",     "combiner_logsparse",
-                                                  "ecoformer", "probsparse",         "mamba",      "mamba2"};
+const char* const kMechanismNames[kMechanisms] = {
+    "dense",     "block_sparse", "xattention", "linear", "performer", "combiner_fixed", "combiner_logsparse",
+    "ecoformer", "probsparse",   "mamba",      "mamba2"};
 
 // The ISA axis of tests/test_util.hpp, plus the emulated geometries where the build runs them
 // natively (so both run on an AVX-512 host).
@@ -79,8 +89,9 @@ Counts mechanism_counts[kMechanisms];
 Counts backend_counts[kBackends];
 
 void print_counts() {
-  std::fprintf(stderr, "attnkit_fuzz: executions per mechanism (%s mode): checked against the reference / "
-                       "rejected as invalid / skipped as ill-conditioned / checked but above the tests' tolerance\n",
+  std::fprintf(stderr,
+               "attnkit_fuzz: executions per mechanism (%s mode): checked against the reference / "
+               "rejected as invalid / skipped as ill-conditioned / checked but above the tests' tolerance\n",
                nonfinite_mode() ? "non-finite" : "finite");
   for (int m = 0; m < kMechanisms; ++m)
     std::fprintf(stderr, "attnkit_fuzz:   %-20s %10llu %10llu %10llu %10llu\n", kMechanismNames[m],
@@ -133,12 +144,18 @@ struct Case {
 template <class F>
 void with_backend(const Case& c, F&& f) {
   switch (c.backend) {
-    case kScalar: return f(ak::Scalar{});
-    case kSse2: return f(Sse2{});
-    case kAvx2: return f(Avx2Geometry{});
-    case kAvx512: return f(Avx512Geometry{});
-    case kAvx2Emulated: return f(Avx2Emulated{});
-    case kAvx512Emulated: return f(Avx512Emulated{});
+    case kScalar:
+      return f(ak::Scalar{});
+    case kSse2:
+      return f(Sse2{});
+    case kAvx2:
+      return f(Avx2Geometry{});
+    case kAvx512:
+      return f(Avx512Geometry{});
+    case kAvx2Emulated:
+      return f(Avx2Emulated{});
+    case kAvx512Emulated:
+      return f(Avx512Emulated{});
     default: {
       ak::OpenMP<> backend;
       backend.num_threads = c.threads;
@@ -199,9 +216,7 @@ float bad_scale(Case& c) {
   const std::array<float, 4> bad{0.0f, -1.0f, std::nanf(""), INFINITY};
   return c.r.pick(bad);
 }
-std::optional<double> as_double(const std::optional<float>& x) {
-  return x ? std::optional<double>(*x) : std::nullopt;
-}
+std::optional<double> as_double(const std::optional<float>& x) { return x ? std::optional<double>(*x) : std::nullopt; }
 
 // ---- attention-like shapes and views ----------------------------------------------------------
 
@@ -246,9 +261,9 @@ struct Tensors {
     const ValueSpec qs = ValueSpec::decode(c.r, qk_lo, qk_hi), ks = ValueSpec::decode(c.r, qk_lo, qk_hi),
                     vs = ValueSpec::decode(c.r, v_lo, v_hi);
     c.desc << "; q " << qs.describe() << ", k " << ks.describe() << ", v " << vs.describe();
-    q.fill(qs, c.r);
-    k.fill(ks, c.r);
-    v.fill(vs, c.r);
+    fill(q, qs, c.r);
+    fill(k, ks, c.r);
+    fill(v, vs, c.r);
   }
 };
 
@@ -390,17 +405,39 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (isa < 3 && static_cast<ak::Isa>(isa) <= ak::cpu_isa()) c.isa = static_cast<ak::Isa>(isa);
   }
   switch (c.mechanism) {
-    case kDense: fuzz_dense(c); break;
-    case kBlockSparse: fuzz_block_sparse(c); break;
-    case kXAttention: fuzz_xattention(c); break;
-    case kLinear: fuzz_linear(c); break;
-    case kPerformer: fuzz_performer(c); break;
-    case kCombiner: fuzz_combiner(c, false); break;
-    case kLogsparse: fuzz_combiner(c, true); break;
-    case kEcoFormer: fuzz_ecoformer(c); break;
-    case kProbSparse: fuzz_probsparse(c); break;
-    case kMamba: fuzz_mamba(c); break;
-    default: fuzz_mamba2(c); break;
+    case kDense:
+      fuzz_dense(c);
+      break;
+    case kBlockSparse:
+      fuzz_block_sparse(c);
+      break;
+    case kXAttention:
+      fuzz_xattention(c);
+      break;
+    case kLinear:
+      fuzz_linear(c);
+      break;
+    case kPerformer:
+      fuzz_performer(c);
+      break;
+    case kCombiner:
+      fuzz_combiner(c, false);
+      break;
+    case kLogsparse:
+      fuzz_combiner(c, true);
+      break;
+    case kEcoFormer:
+      fuzz_ecoformer(c);
+      break;
+    case kProbSparse:
+      fuzz_probsparse(c);
+      break;
+    case kMamba:
+      fuzz_mamba(c);
+      break;
+    default:
+      fuzz_mamba2(c);
+      break;
   }
   return 0;
 }

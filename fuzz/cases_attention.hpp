@@ -1,6 +1,6 @@
 // Part of fuzz/attnkit_fuzz.cpp, included once inside its anonymous namespace (not a standalone
-// header): the exact attention (Dense, BlockSparse, XAttention) cases, each decoding its options from the bytes, calling the kernel on the
-// case's backend and comparing with the reference twin. Shared pieces (Case, Shape, Tensors,
+// header): the exact attention (Dense, BlockSparse, XAttention) cases, each decoding its options from the bytes,
+// calling the kernel on the case's backend and comparing with the reference twin. Shared pieces (Case, Shape, Tensors,
 // CallViews, expect) are defined in attnkit_fuzz.cpp before the include.
 #pragma once
 
@@ -64,8 +64,10 @@ void fuzz_dense(Case& c) {
   } else if (r.one_in(3)) {
     q_lengths = decode_lengths(r, s.batch, s.q_len);
     kv_lengths = decode_lengths(r, s.batch, s.kv_len);
-    if (r.one_in(3)) q_lengths.clear();
-    else if (r.one_in(3)) kv_lengths.clear();
+    if (r.one_in(3))
+      q_lengths.clear();
+    else if (r.one_in(3))
+      kv_lengths.clear();
   }
   const int which = c.choose_invalid(kViewBreaks + 8);
   c.desc << "dense " << describe(s) << " causal " << options.causal << " scale " << options.scale.value_or(0)
@@ -84,8 +86,14 @@ void fuzz_dense(Case& c) {
   View<float, 3> lse = want_lse ? View<float, 3>::contiguous(lse_data.data(), lse_shape) : View<float, 3>{};
   if (which >= 1 && which <= kViewBreaks && !(packed && which == 8)) views.break_one(c, which);
   switch (which - kViewBreaks) {
-    case 1: options.scale = bad_scale(c); c.mark_invalid("options.scale"); break;
-    case 2: options.window.left = -2 - r.range(0, 3); c.mark_invalid("options.window.left < -1"); break;
+    case 1:
+      options.scale = bad_scale(c);
+      c.mark_invalid("options.scale");
+      break;
+    case 2:
+      options.window.left = -2 - r.range(0, 3);
+      c.mark_invalid("options.window.left < -1");
+      break;
     case 3:
       if (!packed && s.batch > 0) {
         q_lengths.assign(static_cast<std::size_t>(s.batch), static_cast<std::int32_t>(s.q_len));
@@ -123,7 +131,8 @@ void fuzz_dense(Case& c) {
         c.mark_invalid("args.lse heads");
       }
       break;
-    default: break;
+    default:
+      break;
   }
   const bool ran = run_kernel(c, [&] {
     with_backend(c, [&](auto backend) {
@@ -220,10 +229,22 @@ void fuzz_block_sparse(Case& c) {
   CallViews views(t);
   if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
   switch (which - kViewBreaks) {
-    case 1: options.block = 0; c.mark_invalid("options.block 0"); break;
-    case 2: options.scale = bad_scale(c); c.mark_invalid("options.scale"); break;
-    case 3: mask.batch += 1; c.mark_invalid("mask batch"); break;
-    case 4: mask.offsets[0] = 1; c.mark_invalid("mask.offsets[0] != 0"); break;
+    case 1:
+      options.block = 0;
+      c.mark_invalid("options.block 0");
+      break;
+    case 2:
+      options.scale = bad_scale(c);
+      c.mark_invalid("options.scale");
+      break;
+    case 3:
+      mask.batch += 1;
+      c.mark_invalid("mask batch");
+      break;
+    case 4:
+      mask.offsets[0] = 1;
+      c.mark_invalid("mask.offsets[0] != 0");
+      break;
     case 5:
       if (!mask.columns.empty()) {
         mask.columns.back() = static_cast<std::int32_t>(kv_blocks);
@@ -238,7 +259,8 @@ void fuzz_block_sparse(Case& c) {
           break;
         }
       break;
-    default: break;
+    default:
+      break;
   }
   const bool workspace = r.one_in(3);
   const bool ran = run_kernel(c, [&] {
@@ -290,14 +312,20 @@ void fuzz_xattention(Case& c) {
   CallViews views(t);
   if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
   switch (which - kViewBreaks) {
-    case 1: options.stride = 0; c.mark_invalid("options.stride 0"); break;
+    case 1:
+      options.stride = 0;
+      c.mark_invalid("options.stride 0");
+      break;
     case 2:
       if (options.stride > 1) {
         options.block += 1;
         c.mark_invalid("options.block not a multiple of stride");
       }
       break;
-    case 3: options.tau.clear(); c.mark_invalid("options.tau empty"); break;
+    case 3:
+      options.tau.clear();
+      c.mark_invalid("options.tau empty");
+      break;
     case 4:
       options.tau[0] = r.pick(std::array<float, 3>{1.5f, -0.1f, std::nanf("")});
       c.mark_invalid("options.tau out of [0, 1]");
@@ -306,8 +334,12 @@ void fuzz_xattention(Case& c) {
       options.tau.assign(static_cast<std::size_t>(s.out_heads() + 1), 0.5f);
       c.mark_invalid("options.tau count");
       break;
-    case 6: options.scale = bad_scale(c); c.mark_invalid("options.scale"); break;
-    default: break;
+    case 6:
+      options.scale = bad_scale(c);
+      c.mark_invalid("options.scale");
+      break;
+    default:
+      break;
   }
   const Index q_blocks = options.block > 0 ? (s.q_len + options.block - 1) / options.block : 0;
   const Index kv_blocks = options.block > 0 ? (s.kv_len + options.block - 1) / options.block : 0;

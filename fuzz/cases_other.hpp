@@ -1,7 +1,7 @@
 // Part of fuzz/attnkit_fuzz.cpp, included once inside its anonymous namespace (not a standalone
-// header): the approximate and state-space (Linear, Performer, Combiner, EcoFormer, ProbSparse, Mamba, Mamba2) cases, each decoding its options from the bytes, calling the kernel on the
-// case's backend and comparing with the reference twin. Shared pieces (Case, Shape, Tensors,
-// CallViews, expect) are defined in attnkit_fuzz.cpp before the include.
+// header): the approximate and state-space (Linear, Performer, Combiner, EcoFormer, ProbSparse, Mamba, Mamba2) cases,
+// each decoding its options from the bytes, calling the kernel on the case's backend and comparing with the reference
+// twin. Shared pieces (Case, Shape, Tensors, CallViews, expect) are defined in attnkit_fuzz.cpp before the include.
 #pragma once
 
 // ---- Linear and Performer: chunked feature kernels, padded lengths, a causal state -----------
@@ -51,7 +51,8 @@ void fuzz_linear(Case& c) {
       state.emplace(s.batch, s.kv_heads + 1, s.head_dim, s.v_dim);
       c.mark_invalid("args.state shape");
       break;
-    default: break;
+    default:
+      break;
   }
   const bool ran = run_kernel(c, [&] {
     with_backend(c, [&](auto backend) {
@@ -99,7 +100,8 @@ void fuzz_performer(Case& c) {
   const Index w_cols = s.head_dim + (which == kViewBreaks + 2 ? 1 : 0);
   ak::RandomProjection w;
   if (generated) {
-    w = ak::gaussian_orthogonal_features(features, w_cols, seed, chi ? ak::FeatureNorms::kChi : ak::FeatureNorms::kSqrtDim);
+    w = ak::gaussian_orthogonal_features(features, w_cols, seed,
+                                         chi ? ak::FeatureNorms::kChi : ak::FeatureNorms::kSqrtDim);
   } else {
     w = {features, w_cols, make_values(static_cast<std::size_t>(features * w_cols), ValueSpec{.seed = seed}, r)};
   }
@@ -109,14 +111,17 @@ void fuzz_performer(Case& c) {
       options.stabilizer = r.pick(std::array<float, 3>{0.0f, -1e-6f, std::nanf("")});
       c.mark_invalid("options.stabilizer");
       break;
-    case 2: c.mark_invalid("w columns != head_dim"); break;
+    case 2:
+      c.mark_invalid("w columns != head_dim");
+      break;
     case 3:
       if (s.batch > 0) {
         q_lengths.assign(static_cast<std::size_t>(s.batch), -1);
         c.mark_invalid("lengths.q negative");
       }
       break;
-    default: break;
+    default:
+      break;
   }
   const bool ran = run_kernel(c, [&] {
     with_backend(c, [&](auto backend) {
@@ -144,8 +149,8 @@ void fuzz_combiner(Case& c, bool logsparse) {
   const std::optional<float> scale = decode_scale(c);
   const Index segment = r.flag() ? 0 : r.range(1, 80);
   const int which = c.choose_invalid(kViewBreaks + 3);
-  c.desc << (logsparse ? "combiner_logsparse " : "combiner_fixed ") << describe(s) << " causal " << causal
-         << " scale " << scale.value_or(0);
+  c.desc << (logsparse ? "combiner_logsparse " : "combiner_fixed ") << describe(s) << " causal " << causal << " scale "
+         << scale.value_or(0);
   if (!logsparse) c.desc << " segment " << segment;
   const auto [qk_lo, qk_hi] = decode_qk_range(c);
   const float vr = decode_v_range(c);
@@ -176,7 +181,8 @@ void fuzz_combiner(Case& c, bool logsparse) {
         c.mark_invalid("kv_len != q_len");
       }
       break;
-    default: break;
+    default:
+      break;
   }
   const bool workspace = r.one_in(3);
   const bool ran = run_kernel(c, [&] {
@@ -237,10 +243,11 @@ void fuzz_ecoformer(Case& c) {
   CallViews views(t);
   // Hash parameters, with room for the wrong shapes of the invalid cases.
   const Index a_heads = s.kv_heads + 1, a_bits = 65, anchor_cols = s.head_dim + 1;
-  std::vector<float> anchors = make_values(static_cast<std::size_t>(m * anchor_cols),
-                                           ValueSpec{.lo = qk_lo, .hi = qk_hi, .seed = r.u16()}, r);
-  std::vector<float> mvec = r.flag() ? std::vector<float>(static_cast<std::size_t>(m + 1), 0.3f)
-                                     : make_values(static_cast<std::size_t>(m + 1), ValueSpec{.lo = 0.0f, .seed = r.u16()}, r);
+  std::vector<float> anchors =
+      make_values(static_cast<std::size_t>(m * anchor_cols), ValueSpec{.lo = qk_lo, .hi = qk_hi, .seed = r.u16()}, r);
+  std::vector<float> mvec =
+      r.flag() ? std::vector<float>(static_cast<std::size_t>(m + 1), 0.3f)
+               : make_values(static_cast<std::size_t>(m + 1), ValueSpec{.lo = 0.0f, .seed = r.u16()}, r);
   std::vector<float> a = make_values(static_cast<std::size_t>(a_heads * a_bits * m),
                                      ValueSpec{.lo = -2.0f, .hi = 2.0f, .seed = r.u16()}, r);
   ak::EcoFormerHash hash;
@@ -275,7 +282,8 @@ void fuzz_ecoformer(Case& c) {
         c.mark_invalid("lengths.q entry out of range");
       }
       break;
-    default: break;
+    default:
+      break;
   }
   const bool ran = run_kernel(c, [&] {
     with_backend(c, [&](auto backend) {
@@ -329,9 +337,9 @@ void fuzz_probsparse(Case& c) {
     ak::probsparse_sample_indices(options.seed, s.q_len, s.kv_len, n_samples, samples);
   }
   const int which = c.choose_invalid(kViewBreaks + 4);
-  c.desc << "probsparse " << describe(s) << " factor " << options.factor << " causal " << options.causal
-         << " lazy_sum " << (options.lazy == ak::ProbSparse::Lazy::kCumulativeSum) << " scale "
-         << options.scale.value_or(0) << (given ? " given samples" : " drawn samples, seed ") << options.seed;
+  c.desc << "probsparse " << describe(s) << " factor " << options.factor << " causal " << options.causal << " lazy_sum "
+         << (options.lazy == ak::ProbSparse::Lazy::kCumulativeSum) << " scale " << options.scale.value_or(0)
+         << (given ? " given samples" : " drawn samples, seed ") << options.seed;
   const auto [qk_lo, qk_hi] = decode_qk_range(c);
   const float vr = decode_v_range(c);
   Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
@@ -339,7 +347,10 @@ void fuzz_probsparse(Case& c) {
   std::vector<std::int32_t> passed = given ? samples : std::vector<std::int32_t>{};
   if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
   switch (which - kViewBreaks) {
-    case 1: options.factor = 0; c.mark_invalid("options.factor 0"); break;
+    case 1:
+      options.factor = 0;
+      c.mark_invalid("options.factor 0");
+      break;
     case 2:
       if (!samples.empty()) {
         passed = samples;
@@ -354,8 +365,12 @@ void fuzz_probsparse(Case& c) {
         c.mark_invalid("args.samples count");
       }
       break;
-    case 4: options.scale = bad_scale(c); c.mark_invalid("options.scale"); break;
-    default: break;
+    case 4:
+      options.scale = bad_scale(c);
+      c.mark_invalid("options.scale");
+      break;
+    default:
+      break;
   }
   const bool ran = run_kernel(c, [&] {
     with_backend(c, [&](auto backend) {
@@ -377,7 +392,8 @@ void fuzz_probsparse(Case& c) {
           for (Index e = 0; e < n_samples; ++e) {
             double dot = 0, abs_dot = 0;
             for (Index d = 0; d < s.head_dim; ++d) {
-              const double x = double(t.q.view(b, i, heads.q_head(o), d)) * double(t.k.view(b, samples[i * n_samples + e], heads.kv_head(o), d));
+              const double x = double(t.q.view(b, i, heads.q_head(o), d)) *
+                               double(t.k.view(b, samples[i * n_samples + e], heads.kv_head(o), d));
               dot += x;
               abs_dot += std::abs(x);
             }
@@ -474,8 +490,8 @@ void fuzz_mamba(Case& c) {
   std::vector<float> d = parameters(r, static_cast<std::size_t>(d_inner), -1.0f, 1.0f);
   std::vector<float> delta_bias = parameters(r, static_cast<std::size_t>(d_inner), -1.0f, 0.5f);
   const ValueSpec init_spec = ValueSpec::decode(r, -1.0f, 1.0f);
-  init_data = make_values(static_cast<std::size_t>(std::max<Index>(sequences * d_inner * d_state, 1)) + d_state,
-                          init_spec, r);
+  init_data =
+      make_values(static_cast<std::size_t>(std::max<Index>(sequences * d_inner * d_state, 1)) + d_state, init_spec, r);
   const std::array<Index, 3> state_shape{sequences, d_inner, d_state};
   std::vector<float> state(static_cast<std::size_t>(sequences * d_inner * d_state) + 1, std::nanf(""));
   ak::Mamba::Args args;
@@ -546,7 +562,8 @@ void fuzz_mamba(Case& c) {
       args.initial_state = View<const float, 3>::contiguous(init_data.data(), {sequences, d_inner, d_state + 1});
       c.mark_invalid("initial_state d_state");
       break;
-    default: break;
+    default:
+      break;
   }
   std::vector<float> out_data(static_cast<std::size_t>(std::max<Index>(batch * len * d_inner, 1)), std::nanf(""));
   const View<float, 3> out = channel_major
@@ -565,8 +582,8 @@ void fuzz_mamba(Case& c) {
     });
   });
   if (!ran) return;
-  const ak::reference::MambaInputs in{u,      delta,           a_in, bv, cv, args.d, args.z, args.delta_bias,
-                                      args.initial_state, cu, softplus};
+  const ak::reference::MambaInputs in{u,  delta,   a_in, bv, cv, args.d, args.z, args.delta_bias, args.initial_state,
+                                      cu, softplus};
   const std::size_t n = static_cast<std::size_t>(batch * len * d_inner) + 1, ns = state.size();
   std::vector<double> exact(n), exact_state(ns);
   std::vector<float> naive(n), naive_state(ns);
@@ -605,7 +622,7 @@ void fuzz_mamba2(Case& c) {
   auto tensor = [&](Tensor4& t, float lo, float hi, const char* name) {
     const ValueSpec spec = ValueSpec::decode(r, lo, hi);
     c.desc << "; " << name << " " << spec.describe();
-    t.fill(spec, r);
+    fill(t, spec, r);
   };
   Tensor4 x(batch, len, heads, head_dim, layout), z(batch, len, heads, head_dim, layout);
   Tensor4 b(batch, len, groups, d_state, layout), cc(batch, len, groups, d_state, layout);
@@ -634,12 +651,18 @@ void fuzz_mamba2(Case& c) {
   View<const float, 4> x_in = x.view, b_in = b.view;
   View<const float, 3> dt_in = View<const float, 3>::contiguous(dt.data(), {batch, len, heads});
   switch (which) {
-    case 1: options.chunk_size = r.flag() ? 0 : 257; c.mark_invalid("options.chunk_size outside [1, 256]"); break;
+    case 1:
+      options.chunk_size = r.flag() ? 0 : 257;
+      c.mark_invalid("options.chunk_size outside [1, 256]");
+      break;
     case 2:
       b_in = View<const float, 4>(b.view.data(), {batch, len, heads + 1, d_state}, {0, 0, 0, 0});
       c.mark_invalid("B groups not a divisor of heads");
       break;
-    case 3: a[0] = std::nanf(""); c.mark_invalid("A non-finite"); break;
+    case 3:
+      a[0] = std::nanf("");
+      c.mark_invalid("A non-finite");
+      break;
     case 4:
       if (len >= 1) {
         dt_in = View<const float, 3>::contiguous(dt.data(), {batch, len - 1, heads});
@@ -670,7 +693,8 @@ void fuzz_mamba2(Case& c) {
         c.mark_invalid("x negative stride");
       }
       break;
-    default: break;
+    default:
+      break;
   }
   const bool ran = run_kernel(c, [&] {
     with_backend(c, [&](auto backend) {
@@ -686,9 +710,15 @@ void fuzz_mamba2(Case& c) {
     });
   });
   if (!ran) return;
-  const ak::reference::Mamba2Inputs in{x.view,  dt_in,        View<const float, 1>::contiguous(a.data(), {heads}),
-                                       b.view,  cc.view,      args.d,
-                                       args.z,  args.dt_bias, args.initial_state,
+  const ak::reference::Mamba2Inputs in{x.view,
+                                       dt_in,
+                                       View<const float, 1>::contiguous(a.data(), {heads}),
+                                       b.view,
+                                       cc.view,
+                                       args.d,
+                                       args.z,
+                                       args.dt_bias,
+                                       args.initial_state,
                                        options.dt_softplus};
   RefOut ref({batch, len, heads, head_dim});
   std::vector<double> exact_state(state_size);
@@ -704,4 +734,3 @@ void fuzz_mamba2(Case& c) {
   expect(c, so, "final_state");
   checked(c);
 }
-

@@ -22,6 +22,8 @@
 
 #include <attnkit/core/view.hpp>
 
+#include "../tests/tensor.hpp"
+
 namespace attnkit::fuzz {
 
 // Non-finite inputs (NaN, +-Inf, huge, denormal values) are generated only in this mode: compiled
@@ -96,9 +98,9 @@ struct ValueSpec {
 
 inline float special_value(std::uint32_t which) {
   constexpr float inf = std::numeric_limits<float>::infinity();
-  const float specials[] = {std::numeric_limits<float>::quiet_NaN(), inf, -inf, 1e30f, -1e30f,
-                            std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(), 1e-40f, -0.0f,
-                            3e38f};
+  const float specials[] = {
+      std::numeric_limits<float>::quiet_NaN(), inf,    -inf,  1e30f, -1e30f, std::numeric_limits<float>::max(),
+      -std::numeric_limits<float>::max(),      1e-40f, -0.0f, 3e38f};
   return specials[which % (sizeof(specials) / sizeof(specials[0]))];
 }
 
@@ -125,8 +127,7 @@ inline std::vector<float> make_values(std::size_t n, const ValueSpec& spec, Read
         e = constant;
         break;
     }
-    if (spec.special_per_mille > 0 && static_cast<int>(rng() % 1000) < spec.special_per_mille)
-      e = special_value(rng());
+    if (spec.special_per_mille > 0 && static_cast<int>(rng() % 1000) < spec.special_per_mille) e = special_value(rng());
   }
   const int placed = r.byte() % 4;
   for (int i = 0; i < placed && n > 0; ++i) {
@@ -137,65 +138,24 @@ inline std::vector<float> make_values(std::size_t n, const ValueSpec& spec, Read
   return x;
 }
 
-// Memory layouts of a rank-4 (batch, seq, head, dim) tensor: the tests' three, and a batch axis
-// of stride 0 (every batch entry reads the same memory; inputs only).
-enum class Layout { kBshd, kBhsd, kPaddedStrides, kBroadcastBatch };
-inline const char* layout_name(Layout l) {
-  static const char* names[] = {"bshd", "bhsd", "padded strides", "batch stride 0"};
-  return names[static_cast<int>(l)];
+using test::Layout;
+using test::layout_name;
+using test::Tensor4;
+
+// Fills a tensor's logical elements from the bytes (once per memory element for a broadcast
+// batch).
+inline void fill(Tensor4& t, const ValueSpec& spec, Reader& r) {
+  t.assign(make_values(static_cast<std::size_t>(t.distinct_elements()), spec, r));
 }
-
-// A rank-4 tensor in its own buffer; padding holds NaN so that a kernel reading it shows it.
-struct Tensor4 {
-  std::vector<float> data;
-  View<float, 4> view;
-
-  Tensor4(Index b, Index s, Index h, Index d, Layout layout) {
-    std::array<Index, 4> strides{};
-    Index size = 0;
-    switch (layout) {
-      case Layout::kBshd:
-        strides = {s * h * d, h * d, d, 1};
-        size = b * s * h * d;
-        break;
-      case Layout::kBhsd:
-        strides = {h * s * d, d, s * d, 1};
-        size = b * s * h * d;
-        break;
-      case Layout::kPaddedStrides:
-        strides = {s * (h * (d + 3) + 5) + 7, h * (d + 3) + 5, d + 3, 1};
-        size = b * strides[0];
-        break;
-      case Layout::kBroadcastBatch:
-        strides = {0, h * d, d, 1};
-        size = b > 0 ? s * h * d : 0;
-        break;
-    }
-    data.assign(static_cast<std::size_t>(std::max<Index>(size, 1)), std::nanf(""));
-    view = View<float, 4>(data.data(), {b, s, h, d}, strides);
-  }
-
-  // Fills the logical elements (once per memory element for a broadcast batch).
-  void fill(const ValueSpec& spec, Reader& r) {
-    const Index batches = view.stride(0) == 0 ? std::min<Index>(view.extent(0), 1) : view.extent(0);
-    const std::vector<float> values =
-        make_values(static_cast<std::size_t>(batches * view.extent(1) * view.extent(2) * view.extent(3)), spec, r);
-    std::size_t next = 0;
-    for (Index b = 0; b < batches; ++b)
-      for (Index s = 0; s < view.extent(1); ++s)
-        for (Index h = 0; h < view.extent(2); ++h)
-          for (Index d = 0; d < view.extent(3); ++d) view(b, s, h, d) = values[next++];
-  }
-};
 
 // Caller workspace of exactly `bytes`, 64-byte aligned: AddressSanitizer sees a kernel that
 // writes past what workspace_bytes() promised.
 class AlignedBlock {
  public:
   explicit AlignedBlock(std::size_t bytes)
-      : bytes_(bytes), data_(bytes > 0 ? ::operator new(bytes, std::align_val_t{64}) : nullptr) {}
+      : bytes_(bytes), data_(bytes > 0 ? ::operator new (bytes, std::align_val_t{64}) : nullptr) {}
   ~AlignedBlock() {
-    if (data_ != nullptr) ::operator delete(data_, std::align_val_t{64});
+    if (data_ != nullptr) ::operator delete (data_, std::align_val_t{64});
   }
   AlignedBlock(const AlignedBlock&) = delete;
   AlignedBlock& operator=(const AlignedBlock&) = delete;

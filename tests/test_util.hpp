@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "tensor.hpp"
+
 namespace attnkit::test {
 
 // The ISA axis: every register tile geometry a supported x86 ISA uses runs on any host. SSE2
@@ -43,54 +45,6 @@ B compile_time_kernels(B backend = {}) {
   if constexpr (std::is_same_v<B, OpenMP<>>) backend.inner.isa = compile_time_isa();
   return backend;
 }
-
-inline std::vector<float> uniform(std::size_t n, std::uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> x(n);
-  for (float& e : x) e = dist(rng);
-  return x;
-}
-
-// Memory layouts a rank-4 (batch, seq, head, dim) tensor is tested in.
-enum class Layout { kBshd, kBhsd, kPaddedStrides };
-
-// A rank-4 tensor in its own buffer with the given layout; padding elements hold NaN so a kernel
-// that reads them shows it.
-struct Tensor4 {
-  std::vector<float> data;
-  View<float, 4> view;
-
-  Tensor4(Index b, Index s, Index h, Index d, Layout layout) {
-    std::array<Index, 4> strides{};
-    Index size = 0;
-    switch (layout) {
-      case Layout::kBshd:
-        strides = {s * h * d, h * d, d, 1};
-        size = b * s * h * d;
-        break;
-      case Layout::kBhsd:
-        strides = {h * s * d, d, s * d, 1};
-        size = b * s * h * d;
-        break;
-      case Layout::kPaddedStrides:  // gaps between heads, rows and batch entries
-        strides = {s * (h * (d + 3) + 5) + 7, h * (d + 3) + 5, d + 3, 1};
-        size = b * strides[0];
-        break;
-    }
-    data.assign(static_cast<std::size_t>(std::max<Index>(size, 1)), std::nanf(""));
-    view = View<float, 4>(data.data(), {b, s, h, d}, strides);
-  }
-
-  void fill_uniform(std::uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-    const std::vector<float> values = uniform(static_cast<std::size_t>(view.size()), seed, lo, hi);
-    std::size_t next = 0;
-    for (Index b = 0; b < view.extent(0); ++b)
-      for (Index s = 0; s < view.extent(1); ++s)
-        for (Index h = 0; h < view.extent(2); ++h)
-          for (Index d = 0; d < view.extent(3); ++d) view(b, s, h, d) = values[next++];
-  }
-};
 
 // The shape edge cases of design.md section 4 that every attention-like mechanism runs on, as
 // (what, case) pairs of the caller's case type: any struct with the members set here (batch,
