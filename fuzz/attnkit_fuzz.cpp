@@ -88,24 +88,24 @@ struct Counts {
 Counts mechanism_counts[kMechanisms];
 Counts backend_counts[kBackends];
 
+// One line per name: its checked / rejected / skipped / loose counts.
+void print_count_lines(const char* const names[], const Counts counts[], int n) {
+  for (int i = 0; i < n; ++i)
+    std::fprintf(stderr, "attnkit_fuzz:   %-20s %10llu %10llu %10llu %10llu\n", names[i],
+                 static_cast<unsigned long long>(counts[i].checked.load()),
+                 static_cast<unsigned long long>(counts[i].rejected.load()),
+                 static_cast<unsigned long long>(counts[i].skipped.load()),
+                 static_cast<unsigned long long>(counts[i].loose.load()));
+}
+
 void print_counts() {
   std::fprintf(stderr,
                "attnkit_fuzz: executions per mechanism (%s mode): checked against the reference / "
                "rejected as invalid / skipped as ill-conditioned / checked but above the tests' tolerance\n",
                nonfinite_mode() ? "non-finite" : "finite");
-  for (int m = 0; m < kMechanisms; ++m)
-    std::fprintf(stderr, "attnkit_fuzz:   %-20s %10llu %10llu %10llu %10llu\n", kMechanismNames[m],
-                 static_cast<unsigned long long>(mechanism_counts[m].checked.load()),
-                 static_cast<unsigned long long>(mechanism_counts[m].rejected.load()),
-                 static_cast<unsigned long long>(mechanism_counts[m].skipped.load()),
-                 static_cast<unsigned long long>(mechanism_counts[m].loose.load()));
+  print_count_lines(kMechanismNames, mechanism_counts, kMechanisms);
   std::fprintf(stderr, "attnkit_fuzz: executions per backend\n");
-  for (int b = 0; b < kBackends; ++b)
-    std::fprintf(stderr, "attnkit_fuzz:   %-20s %10llu %10llu %10llu %10llu\n", kBackendNames[b],
-                 static_cast<unsigned long long>(backend_counts[b].checked.load()),
-                 static_cast<unsigned long long>(backend_counts[b].rejected.load()),
-                 static_cast<unsigned long long>(backend_counts[b].skipped.load()),
-                 static_cast<unsigned long long>(backend_counts[b].loose.load()));
+  print_count_lines(kBackendNames, backend_counts, kBackends);
 }
 
 // ---- one case: its description, validity and outcome -----------------------------------------
@@ -186,6 +186,14 @@ bool run_kernel(Case& c, Call&& call) {
   return true;
 }
 
+// run_kernel around call(attn), attn the kernel of mechanism M built from `options` on the case's
+// backend (built inside run_kernel: its constructor validates the options).
+template <class M, class Call>
+bool run_attention(Case& c, const typename M::Options& options, Call&& call) {
+  auto on_backend = [&](auto backend) { call(ak::Attention<M, decltype(backend)>(options, backend)); };
+  return run_kernel(c, [&] { with_backend(c, on_backend); });
+}
+
 void checked(const Case& c) {
   mechanism_counts[c.mechanism].checked++;
   backend_counts[c.backend].checked++;
@@ -250,23 +258,6 @@ std::string describe(const Shape& s) {
   return out.str();
 }
 
-// q, k, v filled from the bytes, out (never broadcast) pre-filled with NaN.
-struct Tensors {
-  Tensor4 q, k, v, out;
-  Tensors(Case& c, const Shape& s, float qk_lo, float qk_hi, float v_lo = -1.0f, float v_hi = 1.0f)
-      : q(s.batch, s.q_len, s.q_heads, s.head_dim, s.layout),
-        k(s.batch, s.kv_len, s.kv_heads, s.head_dim, s.layout),
-        v(s.batch, s.kv_len, s.kv_heads, s.v_dim, s.layout),
-        out(s.batch, s.q_len, s.out_heads(), s.v_dim, s.layout == Layout::kBroadcastBatch ? Layout::kBshd : s.layout) {
-    const ValueSpec qs = ValueSpec::decode(c.r, qk_lo, qk_hi), ks = ValueSpec::decode(c.r, qk_lo, qk_hi),
-                    vs = ValueSpec::decode(c.r, v_lo, v_hi);
-    c.desc << "; q " << qs.describe() << ", k " << ks.describe() << ", v " << vs.describe();
-    fill(q, qs, c.r);
-    fill(k, ks, c.r);
-    fill(v, vs, c.r);
-  }
-};
-
 // q / k range: mostly unit, sometimes small or large logits (scores up to ~1e4).
 std::pair<float, float> decode_qk_range(Case& c) {
   const std::array<float, 6> ranges{1.0f, 1.0f, 1.0f, 0.25f, 4.0f, 30.0f};
@@ -278,73 +269,91 @@ float decode_v_range(Case& c) {
   return c.r.pick(ranges);
 }
 
-// The views a call sees, possibly with one invalid argument (generic to the attention-like
-// mechanisms): numbers 1-8; returns false when the chosen one does not apply to this shape.
+// q, k, v filled from the bytes in ranges decoded first (decode_qk_range, decode_v_range), out
+// (never broadcast) pre-filled with NaN.
+struct Tensors {
+  Tensor4 q, k, v, out;
+  std::pair<float, float> qk_range;  // (lo, hi) of q and k
+  Tensors(Case& c, const Shape& s)
+      : q(s.batch, s.q_len, s.q_heads, s.head_dim, s.layout),
+        k(s.batch, s.kv_len, s.kv_heads, s.head_dim, s.layout),
+        v(s.batch, s.kv_len, s.kv_heads, s.v_dim, s.layout),
+        out(s.batch, s.q_len, s.out_heads(), s.v_dim, s.layout == Layout::kBroadcastBatch ? Layout::kBshd : s.layout),
+        qk_range(decode_qk_range(c)) {
+    const float vr = decode_v_range(c);
+    const auto [qk_lo, qk_hi] = qk_range;
+    const ValueSpec qs = ValueSpec::decode(c.r, qk_lo, qk_hi), ks = ValueSpec::decode(c.r, qk_lo, qk_hi),
+                    vs = ValueSpec::decode(c.r, -vr, vr);
+    c.desc << "; q " << qs.describe() << ", k " << ks.describe() << ", v " << vs.describe();
+    fill(q, qs, c.r);
+    fill(k, ks, c.r);
+    fill(v, vs, c.r);
+  }
+};
+
+// `view` with axis `axis` one entry shorter (same data and strides).
+template <class T, int N>
+View<T, N> shrunk(const View<T, N>& view, int axis) {
+  auto extents = view.extents();
+  extents[axis] -= 1;
+  return View<T, N>(view.data(), extents, view.strides());
+}
+
+constexpr int kViewBreaks = 8;
+
+// The views a call sees (generic to the attention-like mechanisms), with view argument `which`
+// broken when it is one of 1-kViewBreaks; a break that does not apply to the shape leaves the
+// case valid.
 struct CallViews {
   View<const float, 4> q, k, v;
   View<float, 4> out;
-  explicit CallViews(const Tensors& t) : q(t.q.view), k(t.k.view), v(t.v.view), out(t.out.view) {}
+  CallViews(Case& c, const Tensors& t, int which) : q(t.q.view), k(t.k.view), v(t.v.view), out(t.out.view) {
+    if (which >= 1 && which <= kViewBreaks) break_one(c, which);
+  }
 
-  bool break_one(Case& c, int which) {
-    const Shape s{q.extent(0), q.extent(1), k.extent(1), q.extent(2), k.extent(2), q.extent(3), v.extent(3)};
-    auto sub = [](auto view, int axis, Index extent) {
-      auto e = view.extents();
-      e[axis] = extent;
-      return decltype(view)(view.data(), e, view.strides());
+ private:
+  void break_one(Case& c, int which) {
+    // Axis `axis` of `view` one entry shorter, when it has at least `min` entries.
+    auto shrink = [&](auto& view, int axis, Index min, const char* what) {
+      if (view.extent(axis) < min) return;
+      view = shrunk(view, axis);
+      c.mark_invalid(what);
     };
     switch (which) {
       case 1:
-        if (s.head_dim < 2) return false;
-        k = sub(k, 3, s.head_dim - 1);
-        c.mark_invalid("k head_dim != q head_dim");
-        return true;
+        return shrink(k, 3, 2, "k head_dim != q head_dim");
       case 2:
-        if (s.kv_len < 1) return false;
-        v = sub(v, 1, s.kv_len - 1);
-        c.mark_invalid("v seq != k seq");
-        return true;
+        return shrink(v, 1, 1, "v seq != k seq");
       case 3:
-        if (s.out_heads() < 2) return false;
-        out = sub(out, 2, s.out_heads() - 1);
-        c.mark_invalid("out heads != out_heads");
-        return true;
+        return shrink(out, 2, 2, "out heads != out_heads");
       case 4:
-        if (s.v_dim < 2) return false;
-        out = sub(out, 3, s.v_dim - 1);
-        c.mark_invalid("out head_dim != v head_dim");
-        return true;
+        return shrink(out, 3, 2, "out head_dim != v head_dim");
       case 5:
-        if (q.empty()) return false;
+        if (q.empty()) return;
         q = View<const float, 4>(nullptr, q.extents(), q.strides());
-        c.mark_invalid("q data null");
-        return true;
+        return c.mark_invalid("q data null");
       case 6: {
-        if (s.kv_len < 2) return false;
+        const Index kv_len = k.extent(1);
+        if (kv_len < 2) return;
         auto strides = k.strides();
         strides[1] = -strides[1];
-        k = View<const float, 4>(k.at(0, s.kv_len - 1, 0, 0), k.extents(), strides);
-        c.mark_invalid("k negative seq stride");
-        return true;
+        k = View<const float, 4>(k.at(0, kv_len - 1, 0, 0), k.extents(), strides);
+        return c.mark_invalid("k negative seq stride");
       }
       case 7: {
-        if (q.empty() || s.head_dim < 2) return false;
+        if (q.empty() || q.extent(3) < 2) return;
         auto strides = q.strides();
         strides[3] = 2;
         q = View<const float, 4>(q.data(), q.extents(), strides);
-        c.mark_invalid("q last-axis stride 2");
-        return true;
+        return c.mark_invalid("q last-axis stride 2");
       }
       case 8:
-        if (s.batch < 1) return false;
-        k = sub(k, 0, s.batch - 1);
-        c.mark_invalid("k batch != q batch");
-        return true;
+        return shrink(k, 0, 1, "k batch != q batch");
       default:
-        return false;
+        return;
     }
   }
 };
-constexpr int kViewBreaks = 8;
 
 // Real lengths per batch entry of a padded batch (empty: full length); `bad` makes one entry
 // out of range.
@@ -373,17 +382,44 @@ void add_rows(Oracle& o, const View<float, 4>& g, const View<A, 4>& e, const Vie
     }
 }
 
-struct RefOut {
+// Float64 and float32 buffers of one output's shape, for its two reference twins (one spare
+// element keeps an empty output's data non-null).
+template <int N>
+struct Twins {
   std::vector<double> exact_data;
   std::vector<float> naive_data;
-  View<double, 4> exact;
-  View<float, 4> naive;
-  explicit RefOut(const std::array<Index, 4>& shape)
-      : exact_data(static_cast<std::size_t>(shape[0] * shape[1] * shape[2] * shape[3]) + 1),
+  View<double, N> exact;
+  View<float, N> naive;
+  explicit Twins(const std::array<Index, N>& shape)
+      : exact_data(elements(shape) + 1),
         naive_data(exact_data.size()),
-        exact(View<double, 4>::contiguous(exact_data.data(), shape)),
-        naive(View<float, 4>::contiguous(naive_data.data(), shape)) {}
+        exact(View<double, N>::contiguous(exact_data.data(), shape)),
+        naive(View<float, N>::contiguous(naive_data.data(), shape)) {}
+  static std::size_t elements(const std::array<Index, N>& shape) {
+    Index n = 1;
+    for (Index e : shape) n *= e;
+    return static_cast<std::size_t>(n);
+  }
 };
+
+// A finding when all of `got` is not within tolerance of its twins (expect).
+template <int N>
+void expect_all(const Case& c, const View<float, N>& got, const Twins<N>& twins, const char* what) {
+  Oracle o;
+  o.add_all(got, twins.exact, twins.naive);
+  expect(c, o, what);
+}
+
+// The tail of a case that ran: twin(view) writes the reference of `out` into the float64 and then
+// the float32 view; all of `out` is compared with them, and the case counts as checked.
+template <int N, class Twin>
+void expect_twin(const Case& c, const View<float, N>& out, Twin&& twin) {
+  const Twins<N> ref(out.extents());
+  twin(ref.exact);
+  twin(ref.naive);
+  expect_all(c, out, ref, "out");
+  checked(c);
+}
 
 #include "cases_attention.hpp"
 #include "cases_other.hpp"

@@ -1,7 +1,7 @@
 // Part of fuzz/attnkit_fuzz.cpp, included once inside its anonymous namespace (not a standalone
 // header): the exact attention (Dense, BlockSparse, XAttention) cases, each decoding its options from the bytes,
 // calling the kernel on the case's backend and comparing with the reference twin. Shared pieces (Case, Shape, Tensors,
-// CallViews, expect) are defined in attnkit_fuzz.cpp before the include.
+// CallViews, expect_twin) are defined in attnkit_fuzz.cpp before the include.
 #pragma once
 
 // ---- Dense: causal, window, head maps, padded lengths, packed cu_seqlens, decode, lse ---------
@@ -76,15 +76,13 @@ void fuzz_dense(Case& c) {
   if (packed) c.desc << " packed cu_q " << describe(cu_q) << " cu_kv " << describe(cu_kv);
   if (!q_lengths.empty() || !kv_lengths.empty())
     c.desc << " lengths q " << describe(q_lengths) << " kv " << describe(kv_lengths);
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
+  Tensors t(c, s);
+  // Packed: one batch entry, no batch to break.
+  CallViews views(c, t, packed && which == 8 ? 0 : which);
   const Index lse_heads = s.out_heads() + 1;  // room for a wrong lse shape
   std::vector<float> lse_data(static_cast<std::size_t>(s.batch * s.q_len * lse_heads) + 1, std::nanf(""));
   const std::array<Index, 3> lse_shape{s.batch, s.q_len, s.out_heads()};
   View<float, 3> lse = want_lse ? View<float, 3>::contiguous(lse_data.data(), lse_shape) : View<float, 3>{};
-  if (which >= 1 && which <= kViewBreaks && !(packed && which == 8)) views.break_one(c, which);
   switch (which - kViewBreaks) {
     case 1:
       options.scale = bad_scale(c);
@@ -134,47 +132,41 @@ void fuzz_dense(Case& c) {
     default:
       break;
   }
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::Dense, decltype(backend)> attn(options, backend);
-      ak::Dense::Args args{.lengths = {q_lengths, kv_lengths}, .lse = lse};
-      std::optional<AlignedBlock> block;
-      if (packed) {
-        const ak::CuSeqlens cu{cu_q, cu_kv};
-        args.lengths = {};
-        const auto q3 = tokens_of(views.q), k3 = tokens_of(views.k), v3 = tokens_of(views.v);
-        if (workspace) {
-          block.emplace(attn.workspace_bytes(q3, k3, v3, cu));
-          args.workspace = {block->data(), block->bytes()};
-        }
-        attn(q3, k3, v3, tokens_of(views.out), cu, args);
-      } else {
-        if (workspace) {
-          block.emplace(attn.workspace_bytes(views.q, views.k, views.v, args));
-          args.workspace = {block->data(), block->bytes()};
-        }
-        attn(views.q, views.k, views.v, views.out, args);
+  const bool ran = run_attention<ak::Dense>(c, options, [&](const auto& attn) {
+    ak::Dense::Args args{.lengths = {q_lengths, kv_lengths}, .lse = lse};
+    std::optional<AlignedBlock> block;
+    if (packed) {
+      const ak::CuSeqlens cu{cu_q, cu_kv};
+      args.lengths = {};
+      const auto q3 = tokens_of(views.q), k3 = tokens_of(views.k), v3 = tokens_of(views.v);
+      if (workspace) {
+        block.emplace(attn.workspace_bytes(q3, k3, v3, cu));
+        args.workspace = {block->data(), block->bytes()};
       }
-    });
+      attn(q3, k3, v3, tokens_of(views.out), cu, args);
+    } else {
+      if (workspace) {
+        block.emplace(attn.workspace_bytes(views.q, views.k, views.v, args));
+        args.workspace = {block->data(), block->bytes()};
+      }
+      attn(views.q, views.k, views.v, views.out, args);
+    }
   });
   if (!ran) return;
 
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
-  std::vector<double> exact_lse(lse_data.size());
-  std::vector<float> naive_lse(lse_data.size());
-  const auto exact_lse_view = View<double, 3>::contiguous(exact_lse.data(), lse_shape);
-  const auto naive_lse_view = View<float, 3>::contiguous(naive_lse.data(), lse_shape);
+  const Twins<4> ref(t.out.view.extents());
+  const Twins<3> ref_lse(lse_shape);
   const ak::reference::DenseOptions ro{.causal = options.causal, .scale = as_double(options.scale)};
   const View<const float, 4> q = t.q.view, k = t.k.view, v = t.v.view;
   const ak::CuSeqlens cu{cu_q, cu_kv};
   if (!window) {
     if (packed) {
       const ak::SequenceLayout seqs = ak::SequenceLayout::packed(cu, s.q_len, s.kv_len);
-      ak::reference::dense<double>(q, k, v, ref.exact, exact_lse_view, seqs, ro);
-      ak::reference::dense<float>(q, k, v, ref.naive, naive_lse_view, seqs, ro);
+      ak::reference::dense<double>(q, k, v, ref.exact, ref_lse.exact, seqs, ro);
+      ak::reference::dense<float>(q, k, v, ref.naive, ref_lse.naive, seqs, ro);
     } else {
-      ak::reference::dense<double>(q, k, v, ref.exact, exact_lse_view, ro, {q_lengths, kv_lengths});
-      ak::reference::dense<float>(q, k, v, ref.naive, naive_lse_view, ro, {q_lengths, kv_lengths});
+      ak::reference::dense<double>(q, k, v, ref.exact, ref_lse.exact, ro, {q_lengths, kv_lengths});
+      ak::reference::dense<float>(q, k, v, ref.naive, ref_lse.naive, ro, {q_lengths, kv_lengths});
     }
   } else if (packed) {
     for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
@@ -197,8 +189,7 @@ void fuzz_dense(Case& c) {
     Oracle lo;
     for (Index b = 0; b < s.batch; ++b)
       for (Index i = 0; i < covered; ++i)
-        for (Index h = 0; h < s.out_heads(); ++h)
-          lo.add(lse(b, i, h), exact_lse_view(b, i, h), naive_lse_view(b, i, h));
+        for (Index h = 0; h < s.out_heads(); ++h) lo.add(lse(b, i, h), ref_lse.exact(b, i, h), ref_lse.naive(b, i, h));
     expect(c, lo, "lse");
   }
   checked(c);
@@ -223,11 +214,8 @@ void fuzz_block_sparse(Case& c) {
   const int which = c.choose_invalid(kViewBreaks + 6);
   c.desc << "block_sparse " << describe(s) << " block " << options.block << " causal " << options.causal << " scale "
          << options.scale.value_or(0) << " density " << density << " listed " << mask.columns.size();
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
-  if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
+  Tensors t(c, s);
+  CallViews views(c, t, which);
   switch (which - kViewBreaks) {
     case 1:
       options.block = 0;
@@ -263,27 +251,20 @@ void fuzz_block_sparse(Case& c) {
       break;
   }
   const bool workspace = r.one_in(3);
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::BlockSparse, decltype(backend)> attn(options, backend);
-      ak::BlockSparse::Args args;
-      std::optional<AlignedBlock> block;
-      if (workspace) {
-        block.emplace(attn.workspace_bytes(views.q, views.k, views.v, mask));
-        args.workspace = {block->data(), block->bytes()};
-      }
-      attn(views.q, views.k, views.v, mask, views.out, args);
-    });
+  const bool ran = run_attention<ak::BlockSparse>(c, options, [&](const auto& attn) {
+    ak::BlockSparse::Args args;
+    std::optional<AlignedBlock> block;
+    if (workspace) {
+      block.emplace(attn.workspace_bytes(views.q, views.k, views.v, mask));
+      args.workspace = {block->data(), block->bytes()};
+    }
+    attn(views.q, views.k, views.v, mask, views.out, args);
   });
   if (!ran) return;
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
   const ak::reference::BlockElements allowed(mask, options.block, s.q_len, s.kv_len, options.causal);
-  ak::reference::masked<double>(t.q.view, t.k.view, t.v.view, ref.exact, allowed, as_double(options.scale));
-  ak::reference::masked<float>(t.q.view, t.k.view, t.v.view, ref.naive, allowed, as_double(options.scale));
-  Oracle o;
-  o.add_all(t.out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
-  checked(c);
+  expect_twin(c, t.out.view, [&]<class T>(const View<T, 4>& ref) {
+    ak::reference::masked<T>(t.q.view, t.k.view, t.v.view, ref, allowed, as_double(options.scale));
+  });
 }
 
 // ---- XAttention: antidiagonal scores, threshold selection, the block-sparse call -------------
@@ -306,11 +287,8 @@ void fuzz_xattention(Case& c) {
   c.desc << "xattention " << describe(s) << " stride " << options.stride << " block " << options.block << " causal "
          << options.causal << " scale " << options.scale.value_or(0) << " tau";
   for (float tau : options.tau) c.desc << " " << tau;
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
-  if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
+  Tensors t(c, s);
+  CallViews views(c, t, which);
   switch (which - kViewBreaks) {
     case 1:
       options.stride = 0;
@@ -345,13 +323,10 @@ void fuzz_xattention(Case& c) {
   const Index kv_blocks = options.block > 0 ? (s.kv_len + options.block - 1) / options.block : 0;
   std::vector<float> scores(static_cast<std::size_t>(s.batch * s.out_heads() * q_blocks * kv_blocks) + 1);
   ak::BlockMask selected;
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::XAttention, decltype(backend)> attn(options, backend);
-      attn(views.q, views.k, views.v, views.out, {.selected = &selected});
-      attn.score(views.q, views.k,
-                 View<float, 4>::contiguous(scores.data(), {s.batch, s.out_heads(), q_blocks, kv_blocks}));
-    });
+  const bool ran = run_attention<ak::XAttention>(c, options, [&](const auto& attn) {
+    attn(views.q, views.k, views.v, views.out, {.selected = &selected});
+    attn.score(views.q, views.k,
+               View<float, 4>::contiguous(scores.data(), {s.batch, s.out_heads(), q_blocks, kv_blocks}));
   });
   if (!ran) return;
   scores.pop_back();
@@ -370,12 +345,8 @@ void fuzz_xattention(Case& c) {
     if (expected.offsets != selected.offsets || expected.columns != selected.columns)
       finding(c, "selected blocks differ from the reference selection of the kernel's scores");
   }
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
   const ak::reference::BlockElements allowed(selected, options.block, s.q_len, s.kv_len, options.causal);
-  ak::reference::masked<double>(t.q.view, t.k.view, t.v.view, ref.exact, allowed, ro.scale);
-  ak::reference::masked<float>(t.q.view, t.k.view, t.v.view, ref.naive, allowed, ro.scale);
-  Oracle o;
-  o.add_all(t.out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
-  checked(c);
+  expect_twin(c, t.out.view, [&]<class T>(const View<T, 4>& ref) {
+    ak::reference::masked<T>(t.q.view, t.k.view, t.v.view, ref, allowed, ro.scale);
+  });
 }

@@ -1,7 +1,8 @@
 // Part of fuzz/attnkit_fuzz.cpp, included once inside its anonymous namespace (not a standalone
-// header): the approximate and state-space (Linear, Performer, Combiner, EcoFormer, ProbSparse, Mamba, Mamba2) cases,
-// each decoding its options from the bytes, calling the kernel on the case's backend and comparing with the reference
-// twin. Shared pieces (Case, Shape, Tensors, CallViews, expect) are defined in attnkit_fuzz.cpp before the include.
+// header): the approximate and state-space (Linear, Performer, Combiner, EcoFormer, ProbSparse,
+// Mamba, Mamba2) cases, each decoding its options from the bytes, calling the kernel on the case's
+// backend and comparing with the reference twin. Shared pieces (Case, Shape, Tensors, CallViews,
+// expect_twin) are defined in attnkit_fuzz.cpp before the include.
 #pragma once
 
 // ---- Linear and Performer: chunked feature kernels, padded lengths, a causal state -----------
@@ -23,11 +24,8 @@ void fuzz_linear(Case& c) {
   c.desc << "linear " << describe(s) << " causal " << options.causal << " eps " << options.eps << " state "
          << with_state;
   if (lengths) c.desc << " lengths q " << describe(q_lengths) << " kv " << describe(kv_lengths);
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
-  if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
+  Tensors t(c, s);
+  CallViews views(c, t, which);
   std::optional<ak::LinearState> state;
   if (with_state || which == kViewBreaks + 3 || which == kViewBreaks + 4)
     state.emplace(s.batch, s.kv_heads, s.head_dim, s.v_dim);
@@ -54,22 +52,15 @@ void fuzz_linear(Case& c) {
     default:
       break;
   }
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::Linear, decltype(backend)> attn(options, backend);
-      attn(views.q, views.k, views.v, views.out,
-           {.lengths = {q_lengths, kv_lengths}, .state = state ? &*state : nullptr});
-    });
+  const bool ran = run_attention<ak::Linear>(c, options, [&](const auto& attn) {
+    attn(views.q, views.k, views.v, views.out,
+         {.lengths = {q_lengths, kv_lengths}, .state = state ? &*state : nullptr});
   });
   if (!ran) return;
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
   const ak::reference::LinearOptions ro{.causal = options.causal, .eps = options.eps};
-  ak::reference::linear<double>(t.q.view, t.k.view, t.v.view, ref.exact, ro, {q_lengths, kv_lengths});
-  ak::reference::linear<float>(t.q.view, t.k.view, t.v.view, ref.naive, ro, {q_lengths, kv_lengths});
-  Oracle o;
-  o.add_all(t.out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
-  checked(c);
+  expect_twin(c, t.out.view, [&]<class T>(const View<T, 4>& ref) {
+    ak::reference::linear<T>(t.q.view, t.k.view, t.v.view, ref, ro, {q_lengths, kv_lengths});
+  });
 }
 
 void fuzz_performer(Case& c) {
@@ -93,10 +84,8 @@ void fuzz_performer(Case& c) {
          << " features " << features << (generated ? " W seed " : " W from bytes, seed ") << seed
          << (chi ? " chi norms" : " sqrt(d) norms");
   if (lengths) c.desc << " lengths q " << describe(q_lengths) << " kv " << describe(kv_lengths);
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
+  Tensors t(c, s);
+  CallViews views(c, t, which);
   const Index w_cols = s.head_dim + (which == kViewBreaks + 2 ? 1 : 0);
   ak::RandomProjection w;
   if (generated) {
@@ -105,7 +94,6 @@ void fuzz_performer(Case& c) {
   } else {
     w = {features, w_cols, make_values(static_cast<std::size_t>(features * w_cols), ValueSpec{.seed = seed}, r)};
   }
-  if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
   switch (which - kViewBreaks) {
     case 1:
       options.stabilizer = r.pick(std::array<float, 3>{0.0f, -1e-6f, std::nanf("")});
@@ -123,21 +111,14 @@ void fuzz_performer(Case& c) {
     default:
       break;
   }
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::Performer, decltype(backend)> attn(options, backend);
-      attn(views.q, views.k, views.v, w.view(), views.out, {.lengths = {q_lengths, kv_lengths}});
-    });
+  const bool ran = run_attention<ak::Performer>(c, options, [&](const auto& attn) {
+    attn(views.q, views.k, views.v, w.view(), views.out, {.lengths = {q_lengths, kv_lengths}});
   });
   if (!ran) return;
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
   const ak::reference::PerformerOptions ro{.causal = options.causal, .stabilizer = options.stabilizer};
-  ak::reference::performer<double>(t.q.view, t.k.view, t.v.view, w.view(), ref.exact, ro, {q_lengths, kv_lengths});
-  ak::reference::performer<float>(t.q.view, t.k.view, t.v.view, w.view(), ref.naive, ro, {q_lengths, kv_lengths});
-  Oracle o;
-  o.add_all(t.out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
-  checked(c);
+  expect_twin(c, t.out.view, [&]<class T>(const View<T, 4>& ref) {
+    ak::reference::performer<T>(t.q.view, t.k.view, t.v.view, w.view(), ref, ro, {q_lengths, kv_lengths});
+  });
 }
 
 // ---- Combiner-Fixed and Combiner-Logsparse: self-attention over spans ------------------------
@@ -152,11 +133,8 @@ void fuzz_combiner(Case& c, bool logsparse) {
   c.desc << (logsparse ? "combiner_logsparse " : "combiner_fixed ") << describe(s) << " causal " << causal << " scale "
          << scale.value_or(0);
   if (!logsparse) c.desc << " segment " << segment;
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
-  if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
+  Tensors t(c, s);
+  CallViews views(c, t, which);
   ak::CombinerFixed::Options fixed{.causal = causal, .scale = scale, .segment = segment};
   ak::CombinerLogsparse::Options log{.causal = causal, .scale = scale};
   switch (which - kViewBreaks) {
@@ -172,12 +150,8 @@ void fuzz_combiner(Case& c, bool logsparse) {
       break;
     case 3:
       if (s.kv_len >= 1) {
-        auto e = views.k.extents();
-        e[1] -= 1;
-        views.k = View<const float, 4>(views.k.data(), e, views.k.strides());
-        auto ev = views.v.extents();
-        ev[1] -= 1;
-        views.v = View<const float, 4>(views.v.data(), ev, views.v.strides());
+        views.k = shrunk(views.k, 1);
+        views.v = shrunk(views.v, 1);
         c.mark_invalid("kv_len != q_len");
       }
       break;
@@ -185,37 +159,25 @@ void fuzz_combiner(Case& c, bool logsparse) {
       break;
   }
   const bool workspace = r.one_in(3);
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      auto call = [&](const auto& attn) {
-        std::optional<AlignedBlock> block;
-        typename std::decay_t<decltype(attn)>::Args args;
-        if (workspace) {
-          block.emplace(attn.workspace_bytes(views.q, views.k, views.v));
-          args.workspace = {block->data(), block->bytes()};
-        }
-        attn(views.q, views.k, views.v, views.out, args);
-      };
-      if (logsparse)
-        call(ak::Attention<ak::CombinerLogsparse, decltype(backend)>(log, backend));
-      else
-        call(ak::Attention<ak::CombinerFixed, decltype(backend)>(fixed, backend));
-    });
-  });
+  auto call = [&](const auto& attn) {
+    std::optional<AlignedBlock> block;
+    typename std::decay_t<decltype(attn)>::Args args;
+    if (workspace) {
+      block.emplace(attn.workspace_bytes(views.q, views.k, views.v));
+      args.workspace = {block->data(), block->bytes()};
+    }
+    attn(views.q, views.k, views.v, views.out, args);
+  };
+  const bool ran =
+      logsparse ? run_attention<ak::CombinerLogsparse>(c, log, call) : run_attention<ak::CombinerFixed>(c, fixed, call);
   if (!ran) return;
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
   const ak::reference::CombinerOptions ro{.causal = causal, .scale = as_double(scale), .segment = segment};
-  if (logsparse) {
-    ak::reference::combiner_logsparse<double>(t.q.view, t.k.view, t.v.view, ref.exact, ro);
-    ak::reference::combiner_logsparse<float>(t.q.view, t.k.view, t.v.view, ref.naive, ro);
-  } else {
-    ak::reference::combiner_fixed<double>(t.q.view, t.k.view, t.v.view, ref.exact, ro);
-    ak::reference::combiner_fixed<float>(t.q.view, t.k.view, t.v.view, ref.naive, ro);
-  }
-  Oracle o;
-  o.add_all(t.out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
-  checked(c);
+  expect_twin(c, t.out.view, [&]<class T>(const View<T, 4>& ref) {
+    if (logsparse)
+      ak::reference::combiner_logsparse<T>(t.q.view, t.k.view, t.v.view, ref, ro);
+    else
+      ak::reference::combiner_fixed<T>(t.q.view, t.k.view, t.v.view, ref, ro);
+  });
 }
 
 // ---- EcoFormer: binary hashing; checked only where every code's sign has a margin ------------
@@ -237,10 +199,9 @@ void fuzz_ecoformer(Case& c) {
   c.desc << "ecoformer " << describe(s) << " causal " << options.causal << " sigma " << options.sigma.value_or(0)
          << " bits " << bits << " anchors " << m;
   if (lengths) c.desc << " lengths q " << describe(q_lengths) << " kv " << describe(kv_lengths);
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
+  Tensors t(c, s);
+  CallViews views(c, t, which);
+  const auto [qk_lo, qk_hi] = t.qk_range;
   // Hash parameters, with room for the wrong shapes of the invalid cases.
   const Index a_heads = s.kv_heads + 1, a_bits = 65, anchor_cols = s.head_dim + 1;
   std::vector<float> anchors =
@@ -254,7 +215,6 @@ void fuzz_ecoformer(Case& c) {
   hash.anchors = View<const float, 2>::contiguous(anchors.data(), {m, s.head_dim});
   hash.mvec = View<const float, 1>::contiguous(mvec.data(), {m});
   hash.a = View<const float, 3>::contiguous(a.data(), {s.kv_heads, bits, m});
-  if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
   switch (which - kViewBreaks) {
     case 1:
       options.sigma = r.pick(std::array<float, 3>{0.0f, -1.0f, std::nanf("")});
@@ -285,14 +245,11 @@ void fuzz_ecoformer(Case& c) {
     default:
       break;
   }
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::EcoFormer, decltype(backend)> attn(options, backend);
-      attn(views.q, views.k, views.v, hash, views.out, {.lengths = {q_lengths, kv_lengths}});
-    });
+  const bool ran = run_attention<ak::EcoFormer>(c, options, [&](const auto& attn) {
+    attn(views.q, views.k, views.v, hash, views.out, {.lengths = {q_lengths, kv_lengths}});
   });
   if (!ran) return;
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
+  const Twins<4> ref(t.out.view.extents());
   const ak::reference::EcoFormerOptions ro{
       .causal = options.causal, .sigma = options.sigma.value_or(0.0f), .lengths = {q_lengths, kv_lengths}};
   std::vector<double> y_exact;
@@ -310,9 +267,7 @@ void fuzz_ecoformer(Case& c) {
       margin = std::min(margin, std::abs(y_exact[i]));
     }
   if (!(margin > 2.0 * y_error + 1e-6)) return skipped(c);
-  Oracle o;
-  o.add_all(t.out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
+  expect_all(c, t.out.view, ref, "out");
   checked(c);
 }
 
@@ -340,12 +295,9 @@ void fuzz_probsparse(Case& c) {
   c.desc << "probsparse " << describe(s) << " factor " << options.factor << " causal " << options.causal << " lazy_sum "
          << (options.lazy == ak::ProbSparse::Lazy::kCumulativeSum) << " scale " << options.scale.value_or(0)
          << (given ? " given samples" : " drawn samples, seed ") << options.seed;
-  const auto [qk_lo, qk_hi] = decode_qk_range(c);
-  const float vr = decode_v_range(c);
-  Tensors t(c, s, qk_lo, qk_hi, -vr, vr);
-  CallViews views(t);
+  Tensors t(c, s);
+  CallViews views(c, t, which);
   std::vector<std::int32_t> passed = given ? samples : std::vector<std::int32_t>{};
-  if (which >= 1 && which <= kViewBreaks) views.break_one(c, which);
   switch (which - kViewBreaks) {
     case 1:
       options.factor = 0;
@@ -372,12 +324,8 @@ void fuzz_probsparse(Case& c) {
     default:
       break;
   }
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::ProbSparse, decltype(backend)> attn(options, backend);
-      attn(views.q, views.k, views.v, views.out, {.samples = passed});
-    });
-  });
+  const bool ran = run_attention<ak::ProbSparse>(
+      c, options, [&](const auto& attn) { attn(views.q, views.k, views.v, views.out, {.samples = passed}); });
   if (!ran) return;
   // The top-u rows are chosen by a float sparsity: comparable only where the boundary between
   // chosen and lazy rows is wider than the float rounding of the sparsity.
@@ -409,17 +357,13 @@ void fuzz_probsparse(Case& c) {
         if (!(chosen.first - lazy.first > chosen.second + lazy.second)) return skipped(c);
       }
   }
-  RefOut ref({s.batch, s.q_len, s.out_heads(), s.v_dim});
   const ak::reference::ProbSparseOptions ro{.factor = options.factor,
                                             .causal = options.causal,
                                             .scale = as_double(options.scale),
                                             .lazy_sum = options.lazy == ak::ProbSparse::Lazy::kCumulativeSum};
-  ak::reference::probsparse<double>(t.q.view, t.k.view, t.v.view, samples, ref.exact, ro);
-  ak::reference::probsparse<float>(t.q.view, t.k.view, t.v.view, samples, ref.naive, ro);
-  Oracle o;
-  o.add_all(t.out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
-  checked(c);
+  expect_twin(c, t.out.view, [&]<class T>(const View<T, 4>& ref) {
+    ak::reference::probsparse<T>(t.q.view, t.k.view, t.v.view, samples, ref, ro);
+  });
 }
 
 // ---- Mamba (selective scan) and Mamba2 (SSD): token- and channel-major layouts, states -------
@@ -532,7 +476,7 @@ void fuzz_mamba(Case& c) {
       break;
     case 5:
       if (len >= 1) {
-        delta_in = View<const float, 3>(delta.data(), {batch, len - 1, d_inner}, delta.strides());
+        delta_in = shrunk(delta_in, 1);
         c.mark_invalid("delta L != u L");
       }
       break;
@@ -569,36 +513,23 @@ void fuzz_mamba(Case& c) {
   const View<float, 3> out = channel_major
                                  ? View<float, 3>(out_data.data(), {batch, len, d_inner}, {d_inner * len, 1, len})
                                  : View<float, 3>::contiguous(out_data.data(), {batch, len, d_inner});
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::Mamba, decltype(backend)> scan({.delta_softplus = softplus}, backend);
-      ak::Mamba::Args call = args;
-      std::optional<AlignedBlock> block;
-      if (workspace) {
-        block.emplace(scan.workspace_bytes(u_in, delta_in, a_in, b_in, cv, call));
-        call.workspace = {block->data(), block->bytes()};
-      }
-      scan(u_in, delta_in, a_in, b_in, cv, out, call);
-    });
+  const bool ran = run_attention<ak::Mamba>(c, {.delta_softplus = softplus}, [&](const auto& scan) {
+    ak::Mamba::Args call = args;
+    std::optional<AlignedBlock> block;
+    if (workspace) {
+      block.emplace(scan.workspace_bytes(u_in, delta_in, a_in, b_in, cv, call));
+      call.workspace = {block->data(), block->bytes()};
+    }
+    scan(u_in, delta_in, a_in, b_in, cv, out, call);
   });
   if (!ran) return;
   const ak::reference::MambaInputs in{u,  delta,   a_in, bv, cv, args.d, args.z, args.delta_bias, args.initial_state,
                                       cu, softplus};
-  const std::size_t n = static_cast<std::size_t>(batch * len * d_inner) + 1, ns = state.size();
-  std::vector<double> exact(n), exact_state(ns);
-  std::vector<float> naive(n), naive_state(ns);
-  const std::array<Index, 3> out_shape{batch, len, d_inner};
-  const auto exact_view = View<double, 3>::contiguous(exact.data(), out_shape);
-  const auto naive_view = View<float, 3>::contiguous(naive.data(), out_shape);
-  const auto exact_state_view = View<double, 3>::contiguous(exact_state.data(), state_shape);
-  const auto naive_state_view = View<float, 3>::contiguous(naive_state.data(), state_shape);
-  ak::reference::mamba<double>(in, exact_view, exact_state_view);
-  ak::reference::mamba<float>(in, naive_view, naive_state_view);
-  Oracle o, so;
-  o.add_all(out, exact_view, naive_view);
-  expect(c, o, "out");
-  so.add_all(args.final_state, exact_state_view, naive_state_view);
-  expect(c, so, "final_state");
+  const Twins<3> ref(out.extents()), ref_state(state_shape);
+  ak::reference::mamba<double>(in, ref.exact, ref_state.exact);
+  ak::reference::mamba<float>(in, ref.naive, ref_state.naive);
+  expect_all(c, out, ref, "out");
+  expect_all(c, args.final_state, ref_state, "final_state");
   checked(c);
 }
 
@@ -696,18 +627,15 @@ void fuzz_mamba2(Case& c) {
     default:
       break;
   }
-  const bool ran = run_kernel(c, [&] {
-    with_backend(c, [&](auto backend) {
-      const ak::Attention<ak::Mamba2, decltype(backend)> ssd(options, backend);
-      const View<const float, 1> a_view = View<const float, 1>::contiguous(a.data(), {heads});
-      ak::Mamba2::Args call = args;
-      std::optional<AlignedBlock> block;
-      if (workspace) {
-        block.emplace(ssd.workspace_bytes(x_in, dt_in, a_view, b_in, cc.view, call));
-        call.workspace = {block->data(), block->bytes()};
-      }
-      ssd(x_in, dt_in, a_view, b_in, cc.view, out.view, call);
-    });
+  const bool ran = run_attention<ak::Mamba2>(c, options, [&](const auto& ssd) {
+    const View<const float, 1> a_view = View<const float, 1>::contiguous(a.data(), {heads});
+    ak::Mamba2::Args call = args;
+    std::optional<AlignedBlock> block;
+    if (workspace) {
+      block.emplace(ssd.workspace_bytes(x_in, dt_in, a_view, b_in, cc.view, call));
+      call.workspace = {block->data(), block->bytes()};
+    }
+    ssd(x_in, dt_in, a_view, b_in, cc.view, out.view, call);
   });
   if (!ran) return;
   const ak::reference::Mamba2Inputs in{x.view,
@@ -720,17 +648,10 @@ void fuzz_mamba2(Case& c) {
                                        args.dt_bias,
                                        args.initial_state,
                                        options.dt_softplus};
-  RefOut ref({batch, len, heads, head_dim});
-  std::vector<double> exact_state(state_size);
-  std::vector<float> naive_state(state_size);
-  const auto exact_state_view = View<double, 4>::contiguous(exact_state.data(), state_shape);
-  const auto naive_state_view = View<float, 4>::contiguous(naive_state.data(), state_shape);
-  ak::reference::mamba2<double>(in, ref.exact, exact_state_view);
-  ak::reference::mamba2<float>(in, ref.naive, naive_state_view);
-  Oracle o, so;
-  o.add_all(out.view, ref.exact, ref.naive);
-  expect(c, o, "out");
-  so.add_all(args.final_state, exact_state_view, naive_state_view);
-  expect(c, so, "final_state");
+  const Twins<4> ref(out.view.extents()), ref_state(state_shape);
+  ak::reference::mamba2<double>(in, ref.exact, ref_state.exact);
+  ak::reference::mamba2<float>(in, ref.naive, ref_state.naive);
+  expect_all(c, out.view, ref, "out");
+  expect_all(c, args.final_state, ref_state, "final_state");
   checked(c);
 }
