@@ -272,13 +272,15 @@ class Mamba2Kernel {
       else
         product<V>(c_rows + i * c_t, c_t, c_n, rows, n, buf.bt, qp, cols, buf.scores + i * qp, qp, 0.0f);
     }
-    // ... times the segment-sum decays exp(cum_i - cum_j), zero above the diagonal.
+    // ... times the segment-sum decays exp(cum_i - cum_j), zero above the diagonal (set, not
+    // multiplied by exp(-inf): a NaN or inf score of a later token must not reach row i).
     for (Index i = 0; i < q; ++i) {
       float* row = buf.scores + i * qp;
       const Index cols = round_up(std::min(i + 4 - i % 4, q));
       for (Index j = 0; j < cols; ++j) buf.exponent[j] = j <= i ? static_cast<float>(cum[i] - cum[j]) : -INFINITY;
       for (Index j = 0; j < cols; j += W)
         Ops::store(row + j, Ops::load(row + j) * exp_approx(Ops::load(buf.exponent + j)));
+      for (Index j = i + 1; j < cols; ++j) row[j] = 0.0f;
     }
     // y = exp(cum_i) · C_i H (the state carried in) + scores · dt·x
     product<V>(c_rows, c_t, c_n, q, n, buf.state, pp, pp, buf.y, pp, 0.0f);
