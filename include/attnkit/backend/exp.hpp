@@ -12,7 +12,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <xsimd/xsimd.hpp>
 
 namespace attnkit {
@@ -23,11 +22,11 @@ template <class Arch>
 xsimd::batch<float, Arch> exp_approx(const xsimd::batch<float, Arch>& x) {
   using Floats = xsimd::batch<float, Arch>;
   using Ints = xsimd::batch<std::int32_t, Arch>;
-  const Floats lowest(-86.9899f);   // just above ln(2^-125.5): n >= -125, so 2^(n-1) is normal
-  const Floats highest(88.72283f);  // the largest float below ln(FLT_MAX)
-  // Clamped so that n is in [-125, 128]. The operand order lets NaN through: x86 MAXPS / MINPS
-  // return their second operand when either is NaN.
-  const Floats clamped = xsimd::min(highest, xsimd::max(lowest, x));
+  const Floats lowest(-86.9899f);  // just above ln(2^-125.5): n >= -125, so 2^(n-1) is normal
+  // Clamped so that n is in [-125, 128]: from ln(FLT_MAX) = 88.72 to the bound 89 the result
+  // exceeds FLT_MAX and the last product rounds to +inf, as it does for every larger x. The operand
+  // order lets NaN through: x86 MAXPS / MINPS return their second operand when either is NaN.
+  const Floats clamped = xsimd::min(Floats(89.0f), xsimd::max(lowest, x));
   const Ints n = xsimd::nearbyint_as_int(clamped * Floats(1.44269504088896341f));
   const Floats nf = xsimd::to_float(n);
   Floats r = xsimd::fma(nf, Floats(-0.693359375f), clamped);  // ln2 split: high part exact
@@ -41,8 +40,7 @@ xsimd::batch<float, Arch> exp_approx(const xsimd::batch<float, Arch>& x) {
   poly = xsimd::fma(poly, r, Floats(2.0f * 5.0000001201e-1f));
   poly = xsimd::fma(poly, r * r, xsimd::fma(r, Floats(2.0f), Floats(2.0f)));
   const Floats two_to_n_minus_1 = xsimd::bitwise_cast<Floats>((n + Ints(126)) << 23);
-  const Floats value = xsimd::select(x < lowest, Floats(0.0f), poly * two_to_n_minus_1);
-  return xsimd::select(x > highest, Floats(std::numeric_limits<float>::infinity()), value);
+  return xsimd::select(x < lowest, Floats(0.0f), poly * two_to_n_minus_1);
 }
 
 }  // namespace attnkit
