@@ -555,7 +555,9 @@ Outputs run_mamba2(const Mamba2Inputs& in, ak::Mamba2::Form form) {
 
 TEMPLATE_LIST_TEST_CASE("non-finite inputs: mamba2", "[nonfinite][mamba2]", ak::test::Backends) {
   using Form = ak::Mamba2::Form;
-  const Index t = 40, head = 1, i = 5, n = 2;  // batch entry 1, token 40 (inside the second chunk)
+  // Batch entry 1, token 41: inside the second chunk, and not first in its 4-row block of the
+  // chunked form, whose row 40 must not take it.
+  const Index t = 41, head = 1, i = 5, n = 2;
   for (const Form form : {Form::kRecurrent, Form::kChunked}) {
     INFO("form " << int(form));
     for (const float value : {kNan, kInf, -kInf}) {

@@ -25,6 +25,7 @@
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/core/workspace_layout.hpp"
 #include "attnkit/kernel/ssm_common.hpp"
+#include "attnkit/tile/microkernel.hpp"
 
 namespace attnkit::detail {
 
@@ -290,6 +291,13 @@ class Mamba2Kernel {
     }
     for (Index i = 0; i < q; i += 4) {
       const Index rows = std::min<Index>(4, q - i), depth = std::min(i + 4, q);
+      // Rows of the block take tokens up to themselves only: with an inf or NaN dt·x among the
+      // block's later tokens, each row its own (their zero scores times it would be NaN).
+      if (rows > 1 && !tile::finite_rows<V>(buf.dtx + (i + 1) * pp, pp, depth - i - 1, pp)) {
+        for (Index r = i; r < i + rows; ++r)
+          product<V>(buf.scores + r * qp, qp, 1, 1, r + 1, buf.dtx, pp, pp, buf.y + r * pp, pp, 1.0f);
+        continue;
+      }
       product<V>(buf.scores + i * qp, qp, 1, rows, depth, buf.dtx, pp, pp, buf.y + i * pp, pp, 1.0f);
     }
     // H = exp(cum_last) H + (B ∘ exp(cum_last - cum_j))ᵀ · dt·x
