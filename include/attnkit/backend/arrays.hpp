@@ -1,9 +1,10 @@
 // Loops over float arrays on VecOps<V> (vector body, scalar tail), shared by the mechanisms that
-// work row by row: dot, sum, max, y += x, y = x / d, y += a x. The summation order is fixed (one
+// work row by row: dot, sum, max (skipping NaN), y += x, y = x / d, y += a x. The summation order is fixed (one
 // vector accumulator, then the tail), so every caller gets the same bits for the same inputs.
 #pragma once
 
 #include <algorithm>
+#include <limits>
 
 #include "attnkit/backend/vec.hpp"
 #include "attnkit/core/view.hpp"
@@ -36,16 +37,17 @@ inline float sum(const float* x, Index n) {
   return total;
 }
 
-// max_i x[i] over n >= 1 floats.
+// max_i x[i] over n floats, NaN elements skipped (IEEE maxNum, std::fmax): -inf when n is 0 or
+// every element is NaN.
 template <class V>
 inline float max_of(const float* x, Index n) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
-  float best = x[0];
+  float best = -std::numeric_limits<float>::infinity();
   Index i = 0;
   if (n >= W) {
-    V acc = Ops::load(x);
-    for (i = W; i + W <= n; i += W) acc = Ops::max(acc, Ops::load(x + i));
+    V acc = Ops::broadcast(best);
+    for (; i + W <= n; i += W) acc = Ops::max(acc, Ops::load(x + i));
     best = Ops::reduce_max(acc);
   }
   for (; i < n; ++i) best = std::max(best, x[i]);

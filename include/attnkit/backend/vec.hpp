@@ -3,11 +3,16 @@
 // VecOps<V> gives width, register count, load / store / broadcast / fma / max / min, log1p, a
 // select on x > threshold, horizontal sum and max, and the lanes that are > 0 as bits. Kernels use
 // these (and V's arithmetic operators) only, never xsimd directly. exp lives in exp.hpp.
+// NaN: max(a, b) and min(a, b) are std::max / std::min lane by lane on every V: b when it is
+// strictly larger (smaller), else a, so a NaN in b is skipped and a NaN in a is kept (fold a
+// running maximum as max(acc, x) to skip NaN elements, clamp as min(x, bound) to keep them).
+// reduce_max skips NaN lanes (-inf when every lane is NaN).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
@@ -31,14 +36,14 @@ struct VecOps<float> {
   // Always fused (std::fma): a * b + c would be contracted or not depending on where the compiler
   // inlines it, and results would differ in the last bit between code paths.
   static float fma(float a, float b, float c) { return std::fma(a, b, c); }
-  static float max(float a, float b) { return std::max(a, b); }
+  static float max(float a, float b) { return std::max(a, b); }  // a when either is NaN
   static float min(float a, float b) { return std::min(a, b); }
   static float log1p(float x) { return std::log1p(x); }
   static float greater_select(float x, float threshold, float if_greater, float otherwise) {
     return x > threshold ? if_greater : otherwise;
   }
   static float sum(float x) { return x; }
-  static float reduce_max(float x) { return x; }
+  static float reduce_max(float x) { return std::isnan(x) ? -std::numeric_limits<float>::infinity() : x; }
   static std::uint32_t positive_lanes(float x) { return x > 0.0f ? 1u : 0u; }
 };
 
@@ -52,8 +57,22 @@ struct VecOps<xsimd::batch<float, Arch>> {
   static V broadcast(float x) { return V(x); }
   static V zero() { return V(0.0f); }
   static V fma(const V& a, const V& b, const V& c) { return xsimd::fma(a, b, c); }
-  static V max(const V& a, const V& b) { return xsimd::max(a, b); }
-  static V min(const V& a, const V& b) { return xsimd::min(a, b); }
+  // std::max / std::min semantics: x86 MAXPS / MINPS return their second operand when either is
+  // NaN, so the operands go in swapped; elsewhere a select says the same.
+  static V max(const V& a, const V& b) {
+#if defined(__SSE2__)
+    return xsimd::max(b, a);
+#else
+    return xsimd::select(a < b, b, a);
+#endif
+  }
+  static V min(const V& a, const V& b) {
+#if defined(__SSE2__)
+    return xsimd::min(b, a);
+#else
+    return xsimd::select(b < a, b, a);
+#endif
+  }
   static V log1p(const V& x) { return xsimd::log1p(x); }
   static V greater_select(const V& x, float threshold, const V& if_greater, const V& otherwise) {
     return xsimd::select(x > V(threshold), if_greater, otherwise);
@@ -62,7 +81,9 @@ struct VecOps<xsimd::batch<float, Arch>> {
   static float reduce_max(const V& x) {
     alignas(64) float lanes[width];
     x.store_aligned(lanes);
-    return *std::max_element(lanes, lanes + width);
+    float best = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < width; ++i) best = std::max(best, lanes[i]);  // skips NaN lanes
+    return best;
   }
   // Bit i set <=> lane i > 0 (a NaN lane gives 0): one compare and a mask move on x86.
   static std::uint32_t positive_lanes(const V& x) {

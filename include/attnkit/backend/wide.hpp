@@ -100,7 +100,7 @@ struct VecOps<Wide<B, N>> {
     return total;
   }
   static float reduce_max(const V& x) {
-    float best = Part::reduce_max(x.part[0]);
+    float best = Part::reduce_max(x.part[0]);  // parts skip NaN lanes, so best is never NaN
     for (int i = 1; i < N; ++i) best = std::max(best, Part::reduce_max(x.part[i]));
     return best;
   }

@@ -238,6 +238,7 @@ class DenseKernel {
             const Index kv_head = shape_.heads.kv_head((first_group + g) * plan_.group);
             const float* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
             const float* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
+            int values_finite = -1;  // the block's values are all finite (1), not (0), not looked at (-1)
             if (!plan_.stream_keys) {
               tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k);
               tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, scratch.packed_v);
@@ -260,9 +261,11 @@ class DenseKernel {
               // Only the panels up to the tile's last visible key (skips the causal diagonal's upper half).
               const Index tile_keys = tile_end - block;
               const Index padded_keys = (tile_keys + plan_.key_pad - 1) / plan_.key_pad * plan_.key_pad;
-              bool needs_mask = false;
-              for (Index r = 0; r < tile_rows; ++r)
+              bool needs_mask = false, ragged = false;  // ragged: rows see different keys of [block, tile_end)
+              for (Index r = 0; r < tile_rows; ++r) {
                 needs_mask |= ranges[r].begin > block || ranges[r].end < block + padded_keys;
+                ragged |= ranges[r].begin > block || ranges[r].end < tile_end;
+              }
               if (plan_.stream_keys)
                 tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
                   tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
@@ -272,10 +275,18 @@ class DenseKernel {
               for (Index r = 0; r < tile_rows; ++r) {
                 float* s = scores + r * lds;
                 if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
-                const float rescale = tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[row0 + r]);
+                const float rescale =
+                    tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[row0 + r], ranges[r].begin < ranges[r].end);
                 if (rescale != 1.0f) tile::scale_row<V>(acc + (row0 + r) * ldo, ldo, rescale);
               }
-              if (plan_.stream_keys)
+              // A row must not see the values of keys it does not see: with an inf or NaN among
+              // them, each row of a ragged tile takes only its own keys.
+              if (ragged && values_finite < 0) values_finite = tile::finite_rows<V>(v_block, ldv, keys, shape_.v_dim);
+              if (ragged && values_finite == 0)
+                for (Index r = 0; r < tile_rows; ++r)
+                  tile::accumulate_pv_range<V>(scores + r * lds, v_block, ldv, ranges[r].begin - block,
+                                               ranges[r].end - block, shape_.v_dim, acc + (row0 + r) * ldo);
+              else if (plan_.stream_keys)
                 tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
                   tile::accumulate_pv<V, rows()>(scores, lds, v_block, ldv, tile_keys, shape_.v_dim, acc + row0 * ldo,
                                                  ldo);

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 
 #include "attnkit/backend/arrays.hpp"
@@ -58,6 +59,7 @@ struct EcoPlan {
 struct EcoScratch {
   float *rows = nullptr, *dots = nullptr, *norms = nullptr, *y = nullptr;
   std::uint64_t *kcodes = nullptr, *qcodes = nullptr;
+  std::uint8_t *kbad = nullptr, *qbad = nullptr;
   float *vsum = nullptr, *sums = nullptr, *marginals = nullptr;
   std::int64_t* count = nullptr;
 
@@ -69,6 +71,8 @@ struct EcoScratch {
     b.y = arena.take<float>(kHashChunk * p.bits_pad);         // (chunk, bits_pad): projections y
     b.kcodes = arena.take<std::uint64_t>(p.kv_len);           // (kv_len): key codes
     b.qcodes = arena.take<std::uint64_t>(p.group * p.q_len);  // (group, q_len): query codes per out head
+    b.kbad = arena.take<std::uint8_t>(p.kv_len);              // (kv_len): key projection has a NaN
+    b.qbad = arena.take<std::uint8_t>(p.group * p.q_len);     // (group, q_len): the same for queries
     b.vsum = arena.take<float>(p.dv);                         // (dv): V
     if (p.causal) {
       b.sums = arena.take<float>(2 * p.bits * p.sum_row);  // (bits, set / clear, sum_row)
@@ -228,15 +232,17 @@ class EcoKernel {
     Arena arena = thread_slot(scratch_, plan_, slot);
     const EcoScratch buf = EcoScratch::carve(arena, plan_);
 
-    hash_rows(k_, seq.batch, kv_head, kv_head, seq.kv_len, buf.kcodes, buf);
+    hash_rows(k_, seq.batch, kv_head, kv_head, seq.kv_len, buf.kcodes, buf.kbad, buf);
     for (Index h = 0; h < plan_.group; ++h) {
       const Index out_head = kv_group * plan_.group + h;
-      hash_rows(q_, seq.batch, shape_.heads.q_head(out_head), kv_head, seq.q_len, buf.qcodes + h * plan_.q_len, buf);
+      hash_rows(q_, seq.batch, shape_.heads.q_head(out_head), kv_head, seq.q_len, buf.qcodes + h * plan_.q_len,
+                buf.qbad + h * plan_.q_len, buf);
     }
     if (plan_.causal)
       run_causal(seq, kv_group, kv_head, buf);
     else
       run_non_causal(seq, kv_group, kv_head, buf);
+    write_nan_rows(seq, kv_group, buf);
   }
 
  private:
@@ -244,6 +250,19 @@ class EcoKernel {
   float* bit_sum(const EcoScratch& buf, Index t, bool set) const { return buf.sums + (2 * t + !set) * plan_.sum_row; }
   float* table_row(const EcoScratch& buf, Index g, Index p) const {
     return buf.sums + (g * kNibbleCodes + p) * plan_.sum_row;
+  }
+
+  // A NaN projection has no code: its weights are NaN, and so is every row that weighs it (a query
+  // whose projection is NaN, or one that sees such a key). Rows that see no key stay zeros.
+  void write_nan_rows(const Sequence& seq, Index kv_group, const EcoScratch& buf) const {
+    const Index first_bad_key = static_cast<Index>(std::find(buf.kbad, buf.kbad + seq.kv_len, 1) - buf.kbad);
+    for (Index h = 0; h < plan_.group; ++h)
+      for (Index i = 0; i < seq.q_len; ++i) {
+        const Index seen = plan_.causal ? tile::CausalMask::visible(i, seq.q_len, seq.kv_len).end : seq.kv_len;
+        if (seen == 0 || (buf.qbad[h * plan_.q_len + i] == 0 && seen <= first_bad_key)) continue;
+        float* out_row = out_.at(seq.batch, i, kv_group * plan_.group + h, 0);
+        std::fill(out_row, out_row + plan_.dv, std::numeric_limits<float>::quiet_NaN());
+      }
   }
 
   void zero_out_rows(const Sequence& seq, Index kv_group) const {
@@ -385,7 +404,7 @@ class EcoKernel {
   // set every chunk is hashed at once; otherwise the anchor dots of every row are kept until the
   // mean squared anchor distance is known, so the rows are read once either way.
   void hash_rows(const View<const float, 4>& x, Index batch, Index head, Index a_head, Index rows, std::uint64_t* codes,
-                 const EcoScratch& buf) const {
+                 std::uint8_t* bad, const EcoScratch& buf) const {
     if (rows == 0) return;
     const Index mp = plan_.m_pad;
     const float* a_t = a_t_ + a_head * mp * plan_.bits_pad;  // (m_pad, bits_pad)
@@ -394,7 +413,7 @@ class EcoKernel {
       for (Index r0 = 0; r0 < rows; r0 += kHashChunk) {
         const Index n = std::min(kHashChunk, rows - r0);
         anchor_dots(x, batch, head, rows, r0, n, buf.dots, buf.norms, buf);
-        codes_of(buf.dots, buf.norms, n, inv_two_sigma, a_t, codes + r0, buf);
+        codes_of(buf.dots, buf.norms, n, inv_two_sigma, a_t, codes + r0, bad + r0, buf);
       }
       return;
     }
@@ -404,14 +423,19 @@ class EcoKernel {
       const Index n = std::min(kHashChunk, rows - r0);
       float* dots = buf.dots + r0 * mp;
       anchor_dots(x, batch, head, rows, r0, n, dots, buf.norms + r0, buf);
-      for (Index r = 0; r < n; ++r)
-        total += double(buf.norms[r0 + r]) - 2.0 * double(sum<V>(dots + r * mp, mp)) / static_cast<double>(plan_.m);
+      for (Index r = 0; r < n; ++r) {
+        const float norm = buf.norms[r0 + r];  // a non-finite row: distances inf (or NaN), as the norm
+        total += std::isfinite(norm)
+                     ? double(norm) - 2.0 * double(sum<V>(dots + r * mp, mp)) / static_cast<double>(plan_.m)
+                     : double(norm);
+      }
     }
     const double sigma = total / static_cast<double>(rows) + mean_norm_;
-    const float inv_two_sigma = sigma > 0 ? static_cast<float>(0.5 / sigma) : 0.0f;  // 0: kappa = 1
+    // 0: kappa = 1; inf (an infinite row): kappa = 1 for finite rows, NaN for infinite ones; NaN: NaN.
+    const float inv_two_sigma = sigma == 0 ? 0.0f : static_cast<float>(0.5 / sigma);
     for (Index r0 = 0; r0 < rows; r0 += kHashChunk)
       codes_of(buf.dots + r0 * mp, buf.norms + r0, std::min(kHashChunk, rows - r0), inv_two_sigma, a_t, codes + r0,
-               buf);
+               bad + r0, buf);
   }
 
   // dots (chunk, m_pad) = x_r · a_j and norms[r] = |x_r|² for rows r0 .. r0 + n - 1 (n <= chunk) of
@@ -440,9 +464,10 @@ class EcoKernel {
 
   // codes[r] for r < n from the chunk's anchor dots (chunk, m_pad), turned into kappa in place:
   //   kappa_j = exp(-max(|x|² - 2 x·a_j + |a_j|², 0) / (2 sigma)) - mvec_j,  y = kappa Aᵀ,
-  //   bit t of the code = y_t > 0.
+  //   bit t of the code = y_t > 0; bad[r] = 1 when a y_t is NaN. A row with an infinite (or NaN)
+  //   norm is at distance inf (NaN) from every anchor, not inf - inf.
   void codes_of(float* dots, const float* norms, Index n, float inv_two_sigma, const float* a_t, std::uint64_t* codes,
-                const EcoScratch& buf) const {
+                std::uint8_t* bad, const EcoScratch& buf) const {
     using Ops = VecOps<V>;
     constexpr int W = Ops::width;
     const Index mp = plan_.m_pad, bp = plan_.bits_pad, bits = plan_.bits;
@@ -450,8 +475,10 @@ class EcoKernel {
     for (Index r = 0; r < n; ++r) {
       float* row = dots + r * mp;
       const V norm = Ops::broadcast(norms[r]);
+      const bool finite = std::isfinite(norms[r]);
       for (Index j = 0; j < mp; j += W) {
-        const V dist = Ops::max(norm + Ops::load(anchor_norms_ + j) - two * Ops::load(row + j), Ops::zero());
+        const V dist =
+            finite ? Ops::max(norm + Ops::load(anchor_norms_ + j) - two * Ops::load(row + j), Ops::zero()) : norm;
         Ops::store(row + j, exp_approx(dist * scale) - Ops::load(mvec_ + j));
       }
     }
@@ -465,6 +492,7 @@ class EcoKernel {
       std::uint64_t code = 0;
       for (Index t = 0; t < bp; t += W) code |= std::uint64_t{Ops::positive_lanes(Ops::load(y + t))} << t;
       codes[r] = code & used;
+      bad[r] = std::any_of(y, y + bits, [](float value) { return std::isnan(value); }) ? 1 : 0;
     }
   }
 

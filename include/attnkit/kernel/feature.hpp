@@ -294,9 +294,18 @@ class FeatureKernel {
         std::fill(a_row + seen, a_row + C, 0.0f);
         buf.den[r] += sum<V>(a_row, seen);
       }
-      gemm_accumulate<V>(cr, dv, hi - lo, buf.a, C,
-                         v_.at(seq.batch, seq.kv_begin + lo, shape_.heads.kv_head(out_head), 0), v_.stride(1), buf.o,
-                         dv);  // (rows, dv) += masked block · V
+      const float* v_block = v_.at(seq.batch, seq.kv_begin + lo, shape_.heads.kv_head(out_head), 0);
+      if (tile::finite_rows<V>(v_block, v_.stride(1), hi - lo, dv)) {
+        gemm_accumulate<V>(cr, dv, hi - lo, buf.a, C, v_block, v_.stride(1), buf.o,
+                           dv);  // (rows, dv) += masked block · V
+      } else {
+        // An inf or NaN value: each row takes only the keys it sees (0 · inf would be NaN).
+        for (Index r = 0; r < rows; ++r) {
+          const Index end = mask_.visible(i0 + r, seq.q_len, seq.kv_len).end;
+          tile::accumulate_pv_range<V>(buf.a + r * C, v_block, v_.stride(1), 0, std::clamp<Index>(end - lo, 0, hi - lo),
+                                       dv, buf.o + r * dv);
+        }
+      }
     }
     for (Index r = 0; r < rows; ++r) {
       const Index pos = i0 + r;

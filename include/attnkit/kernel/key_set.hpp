@@ -2,7 +2,9 @@
 // block of the sparse mechanisms (Combiner, ProbSparse), whose rows see one or more key sets (a
 // segment's keys, span summaries, a causal prefix) joined in a single softmax.
 //   attend_key_set   scores (score_rows_in_place), per-row visible range, online softmax
-//                    (softmax_block_row) and O += P·V (accumulate_pv), key block by key block.
+//                    (softmax_block_row) and O += P·V (accumulate_pv), key block by key block;
+//                    a row that sees no key of any set is zeros after finalize_row, and a row
+//                    never takes the values of keys outside its range (non-finite ones included).
 // The caller owns the rows' SoftmaxRow states and accumulators and finalises them with
 // tile::finalize_row after its last key set; its plan sizes the score buffer from
 // key_set_score_floats. Not here: packing (tile/pack.hpp), the micro-kernels (tile/microkernel.hpp).
@@ -53,11 +55,22 @@ inline void attend_key_set(const float* const* q_rows, Index rows, const float* 
     tile::with_tile_rows<MR>(rows, [&](auto tile_rows) {
       tile::score_rows_in_place<V, tile_rows()>(q_rows, k + block * ldk, ldk, n, head_dim, scores, lds);
     });
+    bool ragged = false;  // rows see different keys of the block
     for (Index r = 0; r < rows; ++r) {
       float* s = scores + r * lds;  // (padded)
+      const Index begin = std::max(ranges[r].begin, block), end = std::min(ranges[r].end, block + n);
+      ragged |= begin > block || end < block + n;
       tile::mask_block_row(s, padded, block, ranges[r], tile::kNegInf);
-      const float rescale = tile::softmax_block_row<V>(s, padded, 1.0f, states[r]);
+      const float rescale = tile::softmax_block_row<V>(s, padded, 1.0f, states[r], begin < end);
       if (rescale != 1.0f) tile::scale_row<V>(acc + r * ldo, v_dim, rescale);
+    }
+    // A row must not see the values of keys it does not see (0 · inf and 0 · NaN are NaN): with
+    // a non-finite value in the block, each row of a ragged tile takes only its own keys.
+    if (ragged && !tile::finite_rows<V>(v + block * ldv, ldv, n, v_dim)) {
+      for (Index r = 0; r < rows; ++r)
+        tile::accumulate_pv_range<V>(scores + r * lds, v + block * ldv, ldv, std::max(ranges[r].begin, block) - block,
+                                     std::min(ranges[r].end, block + n) - block, v_dim, acc + r * ldo);
+      continue;
     }
     tile::with_tile_rows<MR>(rows, [&](auto tile_rows) {
       tile::accumulate_pv<V, tile_rows()>(scores, lds, v + block * ldv, ldv, n, v_dim, acc, ldo);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <numeric>
@@ -156,8 +157,13 @@ class ProbSparseKernel {
     }
     // 3. The top u queries, in position order.
     std::iota(order, order + q_len, 0);
+    // A total order (NaN first, then larger, ties by position): NaN in the plain comparisons
+    // would break nth_element's strict weak ordering.
     std::nth_element(order, order + (plan_.top - 1), order + q_len, [&](std::int32_t a, std::int32_t b) {
-      return sparsity[a] > sparsity[b] || (sparsity[a] == sparsity[b] && a < b);
+      const bool nan_a = std::isnan(sparsity[a]), nan_b = std::isnan(sparsity[b]);
+      if (nan_a != nan_b) return nan_a;
+      if (!nan_a && sparsity[a] != sparsity[b]) return sparsity[a] > sparsity[b];
+      return a < b;
     });
     std::sort(order, order + plan_.top);
 

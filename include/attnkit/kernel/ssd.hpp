@@ -25,6 +25,7 @@
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/core/workspace_layout.hpp"
 #include "attnkit/kernel/ssm_common.hpp"
+#include "attnkit/tile/microkernel.hpp"
 
 namespace attnkit::detail {
 
@@ -272,13 +273,15 @@ class Mamba2Kernel {
       else
         product<V>(c_rows + i * c_t, c_t, c_n, rows, n, buf.bt, qp, cols, buf.scores + i * qp, qp, 0.0f);
     }
-    // ... times the segment-sum decays exp(cum_i - cum_j), zero above the diagonal.
+    // ... times the segment-sum decays exp(cum_i - cum_j), zero above the diagonal (set, not
+    // multiplied by exp(-inf): a NaN or inf score of a later token must not reach row i).
     for (Index i = 0; i < q; ++i) {
       float* row = buf.scores + i * qp;
       const Index cols = round_up(std::min(i + 4 - i % 4, q));
       for (Index j = 0; j < cols; ++j) buf.exponent[j] = j <= i ? static_cast<float>(cum[i] - cum[j]) : -INFINITY;
       for (Index j = 0; j < cols; j += W)
         Ops::store(row + j, Ops::load(row + j) * exp_approx(Ops::load(buf.exponent + j)));
+      for (Index j = i + 1; j < cols; ++j) row[j] = 0.0f;
     }
     // y = exp(cum_i) · C_i H (the state carried in) + scores · dt·x
     product<V>(c_rows, c_t, c_n, q, n, buf.state, pp, pp, buf.y, pp, 0.0f);
@@ -288,6 +291,13 @@ class Mamba2Kernel {
     }
     for (Index i = 0; i < q; i += 4) {
       const Index rows = std::min<Index>(4, q - i), depth = std::min(i + 4, q);
+      // Rows of the block take tokens up to themselves only: with an inf or NaN dt·x among the
+      // block's later tokens, each row its own (their zero scores times it would be NaN).
+      if (rows > 1 && !tile::finite_rows<V>(buf.dtx + (i + 1) * pp, pp, depth - i - 1, pp)) {
+        for (Index r = i; r < i + rows; ++r)
+          product<V>(buf.scores + r * qp, qp, 1, 1, r + 1, buf.dtx, pp, pp, buf.y + r * pp, pp, 1.0f);
+        continue;
+      }
       product<V>(buf.scores + i * qp, qp, 1, rows, depth, buf.dtx, pp, pp, buf.y + i * pp, pp, 1.0f);
     }
     // H = exp(cum_last) H + (B ∘ exp(cum_last - cum_j))ᵀ · dt·x

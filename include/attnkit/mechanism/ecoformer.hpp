@@ -10,7 +10,9 @@
 // reference's forward()) it is the mean of |x_n - a_j|² over every row n of the tensor's (batch
 // entry, head) and every anchor j, computed separately for q and k. With causal attention the
 // default sigma reads every row of the call, later ones included: set sigma for decoding.
-// Codes are packed as bits (bit t set <=> h_t = +1) in one 64-bit word.
+// Codes are packed as bits (bit t set <=> h_t = +1) in one 64-bit word. A row with a NaN y has
+// no code: its weights are NaN, so is every output row that weighs it (non-finite inputs, README
+// "Conventions"); an infinite row is at distance inf from every anchor (kappa = -mvec).
 //
 // Attention. w_ij = h(q_i) · h(k_j) + b + 1 = 2b + 1 - 2 popcount(code_i xor code_j), an integer in
 // [1, 2b + 1], and out_i = Σ_j w_ij v_j / Σ_j w_ij over the visible keys (causal: bottom-right

@@ -10,6 +10,10 @@
 // (sequences, d_inner, d_state).
 // Kernel (kernel/ssm_scan.hpp): sequential in L, parallel over (sequence, channel block); work
 // items never share data, so OpenMP<Simd> gives Simd's bits at any thread count.
+// Non-finite values (README "Conventions"): NaN and +-Inf inputs propagate as in the reference
+// (a z of -Inf gives NaN: -Inf / (1 + e^Inf) in silu). A state or exp(delta A) past FLT_MAX is
+// +-Inf as in any float implementation of the recurrence (PyTorch's float32), with NaN from
+// Inf · 0 and Inf - Inf where the double reference may still be finite.
 // Not here: the reference (reference/mamba.hpp), Mamba-2 (mechanism/mamba2.hpp).
 #pragma once
 

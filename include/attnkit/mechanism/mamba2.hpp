@@ -9,6 +9,9 @@
 //   kRecurrent the plain recurrence token by token.
 // A work item is one (batch entry, head); items share nothing, so OpenMP<Simd> gives Simd's bits
 // at any thread count for a given form.
+// Non-finite inputs (README "Conventions"): NaN propagates as in the reference in both forms; an
+// infinite x, B or C can be +-Inf in one form and NaN (Inf - Inf) in the other, because kChunked
+// sums C·Bᵀ over the state before it sums over tokens; which elements are non-finite is the same.
 // Not here: the reference (reference/mamba2.hpp), Mamba-1 (mechanism/mamba.hpp).
 #pragma once
 

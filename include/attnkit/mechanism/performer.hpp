@@ -3,8 +3,9 @@
 //   x' = d^(-1/4) x,  u = W x' (W: features m x head_dim d, an input),
 //   phi(x) = m^(-1/2) (exp(u - |x'|² / 2 - max) + stabilizer),
 //   the max taken per row for queries and over all u of the (batch entry, kv head)'s real keys for
-//   keys (google-research fast_attention.py: softmax_kernel_transformation); stabilizer 1e-6 as its
-//   make_fast_softmax_attention passes.
+//   keys (google-research fast_attention.py: softmax_kernel_transformation), NaN u skipped (the max
+//   only stabilises; a NaN input reaches the output through its own features); stabilizer 1e-6 as
+//   its make_fast_softmax_attention passes.
 //   out_i = phi(q_i)ᵀ Σ_j phi(k_j) v_jᵀ / (phi(q_i) · Σ_j phi(k_j)): bidirectional over all keys, or
 //   unidirectional (causal, bottom-right aligned) over keys j <= i + kv_len - q_len, through the
 //   chunked kernel of kernel/feature.hpp. A row that sees no key gets zeros.

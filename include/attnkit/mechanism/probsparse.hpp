@@ -6,8 +6,10 @@
 //      options.seed by probsparse_sample_indices), the same for every batch entry and head;
 //   2. sparsity M(q_i) = max_s(q_i·k_{idx[i,s]}) - Σ_s q_i·k_{idx[i,s]} / L_K (unscaled dot products,
 //      the sum divided by L_K as the reference does, not by U);
-//   3. the u queries of largest M (ties: lower position first) get exact softmax attention,
-//      scale · q·k over the keys they see (causal: bottom-right aligned, key j <= i + L_K - L_Q);
+//   3. the u queries of largest M (ties: lower position first; a NaN M, from a non-finite
+//      input, ranks above every number, so NaN reaches that query's row) get exact softmax
+//      attention, scale · q·k over the keys they see (causal: bottom-right aligned, key
+//      j <= i + L_K - L_Q);
 //   4. every other ("lazy") row gets mean(V) over all keys (non-causal) or, causal, the running
 //      aggregate of the values it sees: their mean (default, Lazy::kCumulativeMean) or their sum
 //      (Lazy::kCumulativeSum, the reference code's cumsum, reported as a bug in Informer2020 #88,

@@ -3,7 +3,8 @@
 // (double: the reference; float: the straightforward float implementation of the tolerance rule). No SIMD, no threads,
 // no tiling.
 //   segments of s positions (s = segment, or round(sqrt(N)) when 0); per segment r:
-//   ks_r = max_{j in r} k_j, q̄_r = max_{j in r} q_j (elementwise), vs_r = softmax(scale q̄_r K_rᵀ) V_r;
+//   ks_r = max_{j in r} k_j, q̄_r = max_{j in r} q_j (elementwise, NaN skipped: IEEE maxNum, -inf
+//   when all are NaN), vs_r = softmax(scale q̄_r K_rᵀ) V_r;
 //   query i in segment t: one softmax over scale q_i·k_j for j in t (causal: j <= i) and
 //   scale q_i·ks_r for r < t (causal) or r != t; out_i = Σ p_j v_j + Σ p_r vs_r.
 #pragma once
@@ -106,13 +107,21 @@ void combiner_fixed(const View<const float, 4>& q, const View<const float, 4>& k
 }
 
 // Span key (elementwise max of keys) and span value (softmax(scale q̄ K_cᵀ) V_c, q̄ the elementwise
-// max of the queries) of keys [begin, end) for (batch b, q head qh, kv head kh).
+// max of the queries) of keys [begin, end) for (batch b, q head qh, kv head kh). A span of one key
+// is that key and its value exactly (a softmax over one logit is 1, whatever the logit).
 template <class Acc>
 void combiner_span(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v, Index b,
                    Index qh, Index kh, Index begin, Index end, Acc scale, std::vector<Acc>& key,
                    std::vector<Acc>& value) {
   const Index head_dim = q.extent(3), v_dim = v.extent(3);
   const Acc neg_inf = -std::numeric_limits<Acc>::infinity();
+  if (end - begin == 1) {
+    key.resize(static_cast<std::size_t>(head_dim));
+    value.resize(static_cast<std::size_t>(v_dim));
+    for (Index d = 0; d < head_dim; ++d) key[d] = static_cast<Acc>(k(b, begin, kh, d));
+    for (Index d = 0; d < v_dim; ++d) value[d] = static_cast<Acc>(v(b, begin, kh, d));
+    return;
+  }
   std::vector<Acc> qbar(static_cast<std::size_t>(head_dim), neg_inf), logits;
   key.assign(static_cast<std::size_t>(head_dim), neg_inf);
   for (Index j = begin; j < end; ++j)

@@ -4,8 +4,9 @@
 // with the kernel but the views and sequence bookkeeping.
 //   out[b, i, o] = Σ_j softmax_j(scale · q[b, i, qh(o)] · k[b, j, kh(o)]) v[b, j, kh(o)]
 //   over keys j visible to query i (causal: j <= i + kv_len - q_len); no visible key: zeros and
-//   log-sum-exp -inf. Head mapping: q_heads >= kv_heads: qh(o) = o, kh(o) = o / (q_heads /
-//   kv_heads); otherwise qh(o) = o % q_heads, kh(o) = o.
+//   log-sum-exp -inf (decided by the count of visible keys). Plain IEEE arithmetic otherwise: a
+//   NaN or +inf score, or visible scores all -inf, make the row NaN. Head mapping: q_heads >=
+//   kv_heads: qh(o) = o, kh(o) = o / (q_heads / kv_heads); otherwise qh(o) = o % q_heads, kh(o) = o.
 #pragma once
 
 #include <cmath>

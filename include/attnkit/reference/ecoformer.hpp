@@ -5,7 +5,9 @@
 //   h_t(x) = +1 if y_t > 0 else -1, with hh the kv head of the out head (q and k share A[hh]);
 //   sigma = options.sigma when > 0, otherwise the mean of |x_n - a_j|² over every row n of the
 //   tensor's (batch entry, head) and every anchor j, separately for q and for k (0 gives kappa = 1);
-//   w_ij = h(q_i) · h(k_j) + b + 1 (an integer in [1, 2b + 1]),
+//   w_ij = h(q_i) · h(k_j) + b + 1 (an integer in [1, 2b + 1]), NaN when a projection y of q_i or
+//   k_j is NaN (IEEE arithmetic otherwise: an infinite row is infinitely far from every anchor,
+//   kappa = -mvec; a NaN or infinite row in the mean makes sigma NaN or inf for its whole head),
 //   out[b, i, o] = Σ_j w_ij v_j / Σ_j w_ij over the keys j visible to query i (causal:
 //   j <= i + kv_len - q_len); no visible key: zeros. Head mapping as reference/dense.hpp.
 // With options.lengths, batch entry b has q_len = lengths.q[b] and kv_len = lengths.kv[b] real rows
@@ -16,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "attnkit/core/shape.hpp"
@@ -57,7 +60,7 @@ std::vector<Acc> ecoformer_projection(const View<const float, 4>& x, Index b, In
       const Acc diff = static_cast<Acc>(x(b, n, h, f)) - static_cast<Acc>(anchors(j, f));
       dist += diff * diff;
     }
-    const Acc kappa = (sigma > 0 ? std::exp(-dist / (Acc(2) * sigma)) : Acc(1)) - static_cast<Acc>(mvec(j));
+    const Acc kappa = (sigma == 0 ? Acc(1) : std::exp(-dist / (Acc(2) * sigma))) - static_cast<Acc>(mvec(j));
     for (Index t = 0; t < bits; ++t) y[t] += static_cast<Acc>(a(a_head, t, j)) * kappa;
   }
   return y;
@@ -73,12 +76,15 @@ void ecoformer(const View<const float, 4>& q, const View<const float, 4>& k, con
   const Index q_heads = q.extent(2), kv_heads = k.extent(2), v_dim = v.extent(3);
   const Index bits = a.extent(1);
   const Index out_heads = std::max(q_heads, kv_heads);
+  // Codes of rows [0, len): +1 / -1 per bit, or empty for a row with a NaN projection (its weights
+  // are NaN).
   auto codes = [&](const View<const float, 4>& x, Index b, Index h, Index a_head, Index len) {
     const Acc sigma = options.sigma > 0 ? static_cast<Acc>(options.sigma) : ecoformer_sigma<Acc>(x, b, h, len, anchors);
     std::vector<std::vector<int>> rows(static_cast<std::size_t>(len));
     for (Index n = 0; n < len; ++n) {
       const std::vector<Acc> y = ecoformer_projection<Acc>(x, b, n, h, anchors, mvec, a, a_head, sigma);
       for (Index t = 0; t < bits; ++t) rows[n].push_back(y[t] > 0 ? 1 : -1);
+      if (std::any_of(y.begin(), y.end(), [](Acc value) { return std::isnan(value); })) rows[n].clear();
       if (projections != nullptr) projections->insert(projections->end(), y.begin(), y.end());
     }
     return rows;
@@ -98,9 +104,11 @@ void ecoformer(const View<const float, 4>& q, const View<const float, 4>& k, con
         Acc den = 0;
         for (Index j = 0; j < visible; ++j) {
           std::int64_t w = bits + 1;
-          for (Index t = 0; t < bits; ++t) w += hq[i][t] * hk[j][t];
-          den += static_cast<Acc>(w);
-          for (Index c = 0; c < v_dim; ++c) num[c] += static_cast<Acc>(w) * static_cast<Acc>(v(b, j, kh, c));
+          const bool nan = hq[i].empty() || hk[j].empty();
+          for (Index t = 0; t < bits && !nan; ++t) w += hq[i][t] * hk[j][t];
+          const Acc weight = nan ? std::numeric_limits<Acc>::quiet_NaN() : static_cast<Acc>(w);
+          den += weight;
+          for (Index c = 0; c < v_dim; ++c) num[c] += weight * static_cast<Acc>(v(b, j, kh, c));
         }
         for (Index c = 0; c < v_dim; ++c) out(b, i, o, c) = visible > 0 ? num[c] / den : Acc(0);
       }

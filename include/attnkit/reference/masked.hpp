@@ -3,7 +3,9 @@
 // reference, float for the "straightforward float implementation" of the tolerance rule), no
 // SIMD, no threads, no tiling, sharing no code with the kernels.
 //   out[b, i, o] = Σ_j softmax_j(scale · q[b, i, qh(o)] · k[b, j, kh(o)]) v[b, j, kh(o)]
-//   over the keys j with allowed(b, o, i, j); a row with no allowed key is zeros.
+//   over the keys j with allowed(b, o, i, j); a row with no allowed key is zeros. Plain IEEE
+//   arithmetic otherwise: a NaN or +inf score, or all allowed scores -inf, make the row NaN; the
+//   values of keys that are not allowed never enter it.
 // Padded inputs at full length only; head mapping as HeadMap (core/shape.hpp).
 #pragma once
 
@@ -27,14 +29,17 @@ void masked(const View<const float, 4>& q, const View<const float, 4>& k, const 
   const Index head_dim = q.extent(3), v_dim = v.extent(3);
   const Acc scale = static_cast<Acc>(scale_option.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
   std::vector<Acc> logits(static_cast<std::size_t>(k.extent(1)));
+  std::vector<char> seen(logits.size());
   for (Index b = 0; b < q.extent(0); ++b)
     for (Index o = 0; o < heads.out_heads(); ++o) {
       const Index qh = heads.q_head(o), kh = heads.kv_head(o);
       for (Index i = 0; i < q.extent(1); ++i) {
+        Index visible = 0;
         Acc max = -std::numeric_limits<Acc>::infinity();
         for (Index j = 0; j < k.extent(1); ++j) {
-          logits[j] = -std::numeric_limits<Acc>::infinity();
-          if (!allowed(b, o, i, j)) continue;
+          seen[j] = allowed(b, o, i, j);
+          if (!seen[j]) continue;
+          ++visible;
           Acc dot = 0;
           for (Index d = 0; d < head_dim; ++d)
             dot += static_cast<Acc>(q(b, i, qh, d)) * static_cast<Acc>(k(b, j, kh, d));
@@ -42,15 +47,13 @@ void masked(const View<const float, 4>& q, const View<const float, 4>& k, const 
           max = std::max(max, logits[j]);
         }
         Acc sum = 0;
-        for (Index j = 0; j < k.extent(1); ++j) {
-          logits[j] = max == -std::numeric_limits<Acc>::infinity() ? Acc(0) : std::exp(logits[j] - max);
-          sum += logits[j];
-        }
+        for (Index j = 0; j < k.extent(1); ++j)
+          if (seen[j]) sum += logits[j] = std::exp(logits[j] - max);
         for (Index d = 0; d < v_dim; ++d) {
           Acc acc = 0;
           for (Index j = 0; j < k.extent(1); ++j)
-            if (logits[j] != Acc(0)) acc += logits[j] * static_cast<Acc>(v(b, j, kh, d));
-          out(b, i, o, d) = sum > 0 ? acc / sum : Acc(0);
+            if (seen[j]) acc += logits[j] * static_cast<Acc>(v(b, j, kh, d));
+          out(b, i, o, d) = visible > 0 ? acc / sum : Acc(0);
         }
       }
     }

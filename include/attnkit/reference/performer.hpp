@@ -2,7 +2,9 @@
 // quadratic form, accumulating in Acc (double for the reference; float gives the tests' float
 // implementation). No SIMD, no threads, no chunks:
 //   x' = d^(-1/4) x, u = W x', phi(x) = m^(-1/2) (exp(u - |x'|² / 2 - max) + stabilizer), the max
-//   per row for queries and over every u of the (batch entry, kv head)'s real keys for keys;
+//   per row for queries and over every u of the (batch entry, kv head)'s real keys for keys, NaN
+//   u skipped (IEEE maxNum, std::fmax; -inf when all are NaN): the max is a stabilizer, a NaN
+//   input reaches the output through its own features;
 //   out[b, i, o] = Σ_j (phi(q_i) · phi(k_j)) v_j / Σ_j phi(q_i) · phi(k_j) over the real keys j
 //   visible to query i (causal: j <= i + kv_len - q_len); no visible key or a row past its
 //   length: zeros. Head mapping as reference/dense.hpp.
@@ -60,7 +62,7 @@ void performer(const View<const float, 4>& q, const View<const float, 4>& k, con
       Acc key_max = -std::numeric_limits<Acc>::infinity();
       for (Index j = 0; j < kv_len; ++j) {
         phi_k[j] = performer_projection<Acc>(k, b, j, kh, w, key_half_norms[j]);
-        key_max = std::max(key_max, *std::max_element(phi_k[j].begin(), phi_k[j].end()));
+        for (const Acc u : phi_k[j]) key_max = std::max(key_max, u);  // NaN skipped
       }
       for (Index j = 0; j < kv_len; ++j)
         for (Acc& u : phi_k[j]) u = ratio * (std::exp(u - key_half_norms[j] - key_max) + stabilizer);
@@ -73,7 +75,8 @@ void performer(const View<const float, 4>& q, const View<const float, 4>& k, con
         if (visible > 0) {
           Acc half_norm = 0;
           std::vector<Acc> phi_q = performer_projection<Acc>(q, b, i, qh, w, half_norm);
-          const Acc row_max = *std::max_element(phi_q.begin(), phi_q.end());
+          Acc row_max = -std::numeric_limits<Acc>::infinity();
+          for (const Acc u : phi_q) row_max = std::max(row_max, u);  // NaN skipped
           for (Acc& u : phi_q) u = ratio * (std::exp(u - half_norm - row_max) + stabilizer);
           for (Index j = 0; j < visible; ++j) {
             Acc weight = 0;

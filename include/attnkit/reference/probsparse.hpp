@@ -2,9 +2,10 @@
 // obvious loops, accumulating in Acc (double: the reference; float: the straightforward float
 // implementation of the tolerance rule). No SIMD, no threads. Takes the sample indices explicitly.
 //   U = min(L_K, max(1, c · ceil(ln L_K))), u = min(L_Q, max(1, c · ceil(ln L_Q)));
-//   M(q_i) = max_s q_i·k_{idx[i,s]} - Σ_s q_i·k_{idx[i,s]} / L_K; the u largest (ties: lower i)
-//   get softmax(scale · q_i Kᵀ) V over visible keys (causal: j <= i + L_K - L_Q); the others get
-//   mean(V) (non-causal) or the mean / sum of the values they see (causal); no key: zeros.
+//   M(q_i) = max_s q_i·k_{idx[i,s]} - Σ_s q_i·k_{idx[i,s]} / L_K; the u largest (ties: lower i;
+//   a NaN M ranks above every number) get softmax(scale · q_i Kᵀ) V over visible keys (causal:
+//   j <= i + L_K - L_Q); the others get mean(V) (non-causal) or the mean / sum of the values they
+//   see (causal); no key: zeros.
 #pragma once
 
 #include <algorithm>
@@ -76,7 +77,11 @@ void probsparse(const View<const float, 4>& q, const View<const float, 4>& k, co
         sparsity[i] = max - sum / static_cast<Acc>(kv_len);
       }
       std::iota(order.begin(), order.end(), Index(0));
-      std::stable_sort(order.begin(), order.end(), [&](Index a, Index c) { return sparsity[a] > sparsity[c]; });
+      // Larger first, a NaN measure above every number (a total order, as the kernel's).
+      std::stable_sort(order.begin(), order.end(), [&](Index a, Index c) {
+        if (std::isnan(sparsity[a]) || std::isnan(sparsity[c])) return !std::isnan(sparsity[c]);
+        return sparsity[a] > sparsity[c];
+      });
       for (Index t = 0; t < n_top; ++t) {
         const Index i = order[t], seen = visible(i);
         logits.assign(static_cast<std::size_t>(seen), Acc(0));

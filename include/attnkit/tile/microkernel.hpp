@@ -5,6 +5,9 @@
 //   score_rows_in_place:  S = Q · Kᵀ with K rows read where they are, vectorised along
 //             head_dim: for a few query rows (decode) streaming K once beats packing it.
 //   accumulate_pv_*:  O += P · V with V packed in strips (see pack.hpp) or rows read in place.
+//   finite_rows, accumulate_pv_range:  for tiles whose rows see different keys of a block, the
+//             test for non-finite values and the per-row product that leaves out the keys a row
+//             does not see (a masked p of 0 times an inf or NaN value would be NaN).
 // Tiles always compute mr rows: callers point unused rows at a zero row / padding rows.
 #pragma once
 
@@ -129,6 +132,31 @@ inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, 
   if constexpr (W > 1)
     for (Index c = first_vector + vectors * W; c < v_dim; ++c)
       accumulate_pv_strip<float, MR, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+}
+
+// True when the rows [0, keys) x [0, cols) of v (rows ldv apart) are all finite.
+template <class V>
+inline bool finite_rows(const float* v, Index ldv, Index keys, Index cols) {
+  using Ops = VecOps<V>;
+  constexpr int W = Ops::width;
+  V bad = Ops::zero();  // x - x: 0 for a finite x, NaN for NaN and +-inf
+  float tail = 0.0f;
+  for (Index j = 0; j < keys; ++j) {
+    const float* row = v + j * ldv;
+    Index c = 0;
+    for (; c + W <= cols; c += W) bad = bad + (Ops::load(row + c) - Ops::load(row + c));
+    for (; c < cols; ++c) tail += row[c] - row[c];
+  }
+  return Ops::sum(bad) + tail == 0.0f;
+}
+
+// o (v_dim) += Σ_{j in [begin, end)} p[j] · v[j] for one row over its own keys only: the exact
+// terms the full-block products compute for it, without the 0 · v of keys it does not see
+// (0 · inf and 0 · NaN are NaN). p: scores from key 0; v: rows j at v + j * ldv.
+template <class V>
+inline void accumulate_pv_range(const float* p, const float* v, Index ldv, Index begin, Index end, Index v_dim,
+                                float* o) {
+  if (end > begin) accumulate_pv<V, 1>(p + begin, 0, v + begin * ldv, ldv, end - begin, v_dim, o, 0);
 }
 
 // Calls f(std::integral_constant<int, M>{}) with M = rows, for rows in [1, Max]: runs a
