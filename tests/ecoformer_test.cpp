@@ -331,3 +331,32 @@ TEST_CASE("ecoformer rejects bad input with a message naming the argument", "[ec
   CHECK_THROWS_WITH(attn.cost(q, k, v, h), Contains("hash.mvec"));
   CHECK_THROWS_WITH(attn.workspace_bytes(q, k, v, h), Contains("hash.mvec"));
 }
+
+TEMPLATE_LIST_TEST_CASE("ecoformer: a sigma of zero from rows on the anchors gives kappa = 1, not NaN", "[ecoformer]",
+                        ak::test::Backends) {
+  // The one key is the anchor: the mean squared distance of k is exactly 0 (the twin's sigma),
+  // which the kernel's |x|² - 2 x·a + |a|² only reaches up to rounding (found by the fuzz target).
+  for (std::uint32_t seed = 0; seed < 20; ++seed) {
+    const Index q_len = 9 + 7 * seed, d = 16 + seed % 5, dv = 5, heads = 2;
+    Tensor4 q(1, q_len, heads, d, Layout::kBhsd), k(1, 1, heads, d, Layout::kBshd), v(1, 1, heads, dv, Layout::kBshd),
+        out(1, q_len, heads, dv, Layout::kBshd);
+    q.fill_uniform(seed);
+    k.fill_uniform(seed + 100);
+    v.fill_uniform(seed + 200);
+    std::vector<float> anchors(d), mvec(1, 0.3f), a = ak::test::uniform(heads * 2, seed + 300);
+    for (Index c = 0; c < d; ++c) anchors[c] = k.view(0, 0, 0, c);
+    const ak::EcoFormerHash hash{ak::View<const float, 2>::contiguous(anchors.data(), {1, d}),
+                                 ak::View<const float, 1>::contiguous(mvec.data(), {1}),
+                                 ak::View<const float, 3>::contiguous(a.data(), {heads, 2, 1})};
+    ak::Attention<ak::EcoFormer, TestType>()(q.view, k.view, v.view, hash, out.view);
+    std::vector<double> expected(static_cast<std::size_t>(q_len * heads * dv));
+    const auto expected_view = ak::View<double, 4>::contiguous(expected.data(), {1, q_len, heads, dv});
+    ak::reference::ecoformer<double>(q.view, k.view, v.view, hash.anchors, hash.mvec, hash.a, expected_view, {});
+    for (Index i = 0; i < q_len; ++i)
+      for (Index h = 0; h < heads; ++h)
+        for (Index c = 0; c < dv; ++c) {
+          INFO("seed " << seed << " row " << i << " head " << h);
+          CHECK(out.view(0, i, h, c) == Approx(expected_view(0, i, h, c)).margin(1e-5));
+        }
+  }
+}

@@ -418,7 +418,9 @@ class EcoKernel {
       return;
     }
     // sigma = mean_{r, j} |x_r - a_j|² = mean_r (|x_r|² - 2 mean_j x_r · a_j) + mean_j |a_j|².
-    double total = 0;
+    // The expansion cancels: its float rounding is about eps (|x_r|² + |a|²), so a sigma below a few
+    // times that is a zero sigma (rows on the anchors), which the twin computes exactly.
+    double total = 0, magnitude = 0;
     for (Index r0 = 0; r0 < rows; r0 += kHashChunk) {
       const Index n = std::min(kHashChunk, rows - r0);
       float* dots = buf.dots + r0 * mp;
@@ -428,11 +430,17 @@ class EcoKernel {
         total += std::isfinite(norm)
                      ? double(norm) - 2.0 * double(sum<V>(dots + r * mp, mp)) / static_cast<double>(plan_.m)
                      : double(norm);
+        magnitude += double(norm);
       }
     }
-    const double sigma = total / static_cast<double>(rows) + mean_norm_;
+    const double rounding =
+        16.0 * std::numeric_limits<float>::epsilon() * (magnitude / static_cast<double>(rows) + mean_norm_);
+    double sigma = total / static_cast<double>(rows) + mean_norm_;
+    if (sigma <= rounding) sigma = 0;  // NaN stays NaN
     // 0: kappa = 1; inf (an infinite row): kappa = 1 for finite rows, NaN for infinite ones; NaN: NaN.
-    const float inv_two_sigma = sigma == 0 ? 0.0f : static_cast<float>(0.5 / sigma);
+    // 1 / (2 sigma) past FLT_MAX is FLT_MAX, so a distance of 0 still gives kappa = 1, not 0 · inf.
+    const float inv_two_sigma =
+        sigma == 0 ? 0.0f : static_cast<float>(std::min(0.5 / sigma, double(std::numeric_limits<float>::max())));
     for (Index r0 = 0; r0 < rows; r0 += kHashChunk)
       codes_of(buf.dots + r0 * mp, buf.norms + r0, std::min(kHashChunk, rows - r0), inv_two_sigma, a_t, codes + r0,
                bad + r0, buf);
