@@ -48,6 +48,15 @@ struct Outputs {
   std::vector<float> naive;
 };
 
+// A scan's outputs followed by its final state, checked as one.
+Outputs with_state(Outputs o, const std::vector<float>& state, const std::vector<double>& exact_state,
+                   const std::vector<float>& naive_state) {
+  o.got.insert(o.got.end(), state.begin(), state.end());
+  o.exact.insert(o.exact.end(), exact_state.begin(), exact_state.end());
+  o.naive.insert(o.naive.end(), naive_state.begin(), naive_state.end());
+  return o;
+}
+
 template <class T, int R>
 void append(std::vector<T>& flat, const ak::View<T, R>& x) {
   static_assert(R == 3 || R == 4);
@@ -444,11 +453,7 @@ Outputs run_mamba(const MambaInputs& in) {
                                ak::View<double, 3>::contiguous(exact_state.data(), state_shape));
   ak::reference::mamba<float>(ref, ak::View<float, 3>::contiguous(naive.data(), out_shape),
                               ak::View<float, 3>::contiguous(naive_state.data(), state_shape));
-  Outputs o{out, exact, naive};
-  o.got.insert(o.got.end(), state.begin(), state.end());
-  o.exact.insert(o.exact.end(), exact_state.begin(), exact_state.end());
-  o.naive.insert(o.naive.end(), naive_state.begin(), naive_state.end());
-  return o;
+  return with_state({out, exact, naive}, state, exact_state, naive_state);
 }
 
 }  // namespace
@@ -544,11 +549,7 @@ Outputs run_mamba2(const Mamba2Inputs& in, ak::Mamba2::Form form) {
                                 ak::View<double, 4>::contiguous(exact_state.data(), state_shape));
   ak::reference::mamba2<float>(ref, ak::View<float, 4>::contiguous(naive.data(), out_shape),
                                ak::View<float, 4>::contiguous(naive_state.data(), state_shape));
-  Outputs o{out, exact, naive};
-  o.got.insert(o.got.end(), state.begin(), state.end());
-  o.exact.insert(o.exact.end(), exact_state.begin(), exact_state.end());
-  o.naive.insert(o.naive.end(), naive_state.begin(), naive_state.end());
-  return o;
+  return with_state({out, exact, naive}, state, exact_state, naive_state);
 }
 
 }  // namespace
