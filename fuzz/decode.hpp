@@ -213,7 +213,11 @@ struct Verdict {
 // ulp, far below what a wrong mask, scale, length or state gives); the tests' rule is reported
 // separately (Verdict::tight). Where the reference is NaN or infinite the kernel must be the same
 // (or, where float rounding made the float twin non-finite differently, the same as the float
-// twin); where only the float twin overflowed, a finite kernel value is accepted.
+// twin); where only the float twin overflowed, a finite kernel value is accepted. Where the finite
+// references come within 2^10 of FLT_MAX, float intermediates overflow or not by rounding and
+// summation order (an SSM state at 3.3e38 in one order is +Inf in another, and then meets -Inf),
+// so there a non-finite kernel value is accepted where the reference is non-finite, whichever
+// it is (README, Conventions).
 inline Verdict judge(const Oracle& o, double magnitude_floor = 1.0) {
   Verdict v;
   v.magnitude = magnitude_floor;
@@ -224,6 +228,7 @@ inline Verdict judge(const Oracle& o, double magnitude_floor = 1.0) {
     }
   v.tight_tolerance = 2.0 * v.float_error + 1e-6 * std::max(1.0, v.magnitude);
   v.tolerance = 4.0 * v.float_error + 1e-4 * std::max(1.0, v.magnitude);
+  const bool near_overflow = v.magnitude >= std::numeric_limits<float>::max() / 1024;
   double worst_excess = 0;
   for (std::size_t i = 0; i < o.exact.size(); ++i) {
     const double g = o.got[i], e = o.exact[i], n = o.naive[i];
@@ -243,7 +248,8 @@ inline Verdict judge(const Oracle& o, double magnitude_floor = 1.0) {
         v.worst = i;
         v.what = "non-finite where the reference is finite";
       }
-    } else if (!same_nonfinite(g, e) && !(!std::isfinite(n) && same_nonfinite(g, n))) {
+    } else if (!same_nonfinite(g, e) && !(!std::isfinite(n) && same_nonfinite(g, n)) &&
+               !(near_overflow && !std::isfinite(g))) {
       v.ok = v.tight = false;
       v.worst = i;
       v.what = "reference non-finite, kernel differs";
