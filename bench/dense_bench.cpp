@@ -5,6 +5,8 @@
 // (pinning OPENBLAS_CORETYPE where OpenBLAS 0.3.21 would fall back to Prescott: openblas_core.hpp).
 //   dense_bench            default shapes (the README's main job)
 //   dense_bench --full     N 512..8192, d 64 and 128, causal and not, 1 and 2 threads
+// Both run the storage rows: decode and prefill with K / V (and Q) in bfloat16 and float16, timed
+// against the fp32 rows of the same run, with the error against fp32-exact attention.
 // Other arguments go to Google Benchmark (e.g. --benchmark_filter=attnkit).
 #include <attnkit/attnkit.hpp>
 #include <cstdio>
@@ -70,9 +72,42 @@ struct Prefill {
 struct Decode {
   Index kv_len, q_heads, kv_heads, dim;
   int threads;
+  ak::Storage storage = ak::Storage::f32;  // of K and V (and Q)
   std::string name() const {
     return "decode 1x" + std::to_string(kv_len) + " " + std::to_string(q_heads) + "/" + std::to_string(kv_heads) +
-           " d=" + std::to_string(dim) + " T" + std::to_string(threads);
+           " d=" + std::to_string(dim) + storage_suffix(storage) + " T" + std::to_string(threads);
+  }
+  static std::string storage_suffix(ak::Storage s) {
+    return s == ak::Storage::f32 ? "" : std::string(" ") + (s == ak::Storage::bf16 ? "bf16" : "fp16");
+  }
+};
+
+// Inputs whose K and V (and Q, when q_stored) are kept as T: the float copies the check reads hold
+// the rounded values, and exact_out is fp32 attention on the values before rounding.
+template <class T>
+struct StoredInputs : Inputs {
+  std::vector<T> q_stored, k_stored, v_stored;
+  std::vector<float> exact_out;
+  StoredInputs(Index q_len_, Index kv_len_, Index q_heads_, Index kv_heads_, Index dim_, bool causal)
+      : Inputs(q_len_, kv_len_, q_heads_, kv_heads_, dim_) {
+    ak::Attention<ak::Dense, ak::OpenMP<>>(ak::Dense::Options{.causal = causal})(q_view(), k_view(), v_view(),
+                                                                                 out_view());
+    exact_out = out;
+    for (auto [from, to] : {std::pair{&q, &q_stored}, std::pair{&k, &k_stored}, std::pair{&v, &v_stored}}) {
+      to->resize(from->size());
+      for (std::size_t i = 0; i < from->size(); ++i) {
+        (*to)[i] = T((*from)[i]);
+        (*from)[i] = ak::to_float((*to)[i]);
+      }
+    }
+  }
+  ak::View<const T, 4> q_t() const { return ak::bshd(q_stored.data(), 1, q_len, q_heads, dim); }
+  ak::View<const T, 4> k_t() const { return ak::bshd(k_stored.data(), 1, kv_len, kv_heads, dim); }
+  ak::View<const T, 4> v_t() const { return ak::bshd(v_stored.data(), 1, kv_len, kv_heads, dim); }
+  double error_vs_fp32() const {
+    double worst = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::abs(double(out[i]) - exact_out[i]));
+    return worst;
   }
 };
 
@@ -145,6 +180,83 @@ void register_decode(const Decode& d) {
                         })
       ->UseRealTime()
       ->Unit(bm::kMillisecond);
+}
+
+// Decode or prefill with K and V of storage type T, and Q of T (prefill) or float (decode: an
+// engine's new query comes from a float projection).
+template <class T>
+void register_stored(const std::string& name, Index q_len, Index kv_len, Index q_heads, Index kv_heads, Index dim,
+                     bool causal, int threads) {
+  bm::RegisterBenchmark(("attnkit/" + name).c_str(),
+                        [=](bm::State& state) {
+                          StoredInputs<T> in(q_len, kv_len, q_heads, kv_heads, dim, causal);
+                          const ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = causal},
+                                                                            ak::OpenMP<>{threads});
+                          const auto k = in.k_t(), v = in.v_t();
+                          const auto out = in.out_view();
+                          auto call = [&] {
+                            if (q_len > 1)
+                              attn(in.q_t(), k, v, out);
+                            else
+                              attn(in.q_view(), k, v, out);
+                          };
+                          call();
+                          if (!in.check(state, name, causal)) return;
+                          for (auto _ : state) call();
+                          const ak::Cost cost = attn.cost(in.q_view(), k, v);
+                          set_counters(state, cost);
+                          state.counters["kv_bytes"] = 2.0 * sizeof(T) * kv_len * kv_heads * dim;
+                          state.counters["error"] = in.error_vs_fp32();
+                        })
+      ->UseRealTime()
+      ->Unit(bm::kMillisecond);
+}
+
+void register_storage_rows() {
+  for (int threads : {1, 2})
+    for (ak::Storage s : {ak::Storage::bf16, ak::Storage::f16}) {
+      const Decode d{32768, 32, 8, 128, threads, s};
+      ak::with_storage_type(s, [&](auto zero) {
+        register_stored<decltype(zero)>(d.name(), 1, d.kv_len, d.q_heads, d.kv_heads, d.dim, true, threads);
+      });
+    }
+  for (ak::Storage s : {ak::Storage::bf16, ak::Storage::f16}) {
+    const std::string name = "prefill N=4096 d=128" + Decode::storage_suffix(s) + " T1";
+    ak::with_storage_type(s,
+                          [&](auto zero) { register_stored<decltype(zero)>(name, 4096, 4096, 8, 8, 128, false, 1); });
+  }
+}
+
+void print_storage_table(const ak::bench::CollectingReporter& reporter) {
+  std::printf(
+      "\nstorage types (time ratio = this row / the fp32 row of the same shape; stream: the triad bandwidth; error: "
+      "max |out - fp32 attention on the unrounded values|)\n");
+  std::printf("%-38s %10s %10s %9s %12s %12s\n", "case", "attnkit ms", "vs fp32", "K+V GB/s", "vs stream", "error");
+  for (const std::string& shape : reporter.cases()) {
+    const bool bf16 = shape.find(" bf16") != std::string::npos, fp16 = shape.find(" fp16") != std::string::npos;
+    if (!bf16 && !fp16) continue;
+    const auto* ours = reporter.find(shape, "attnkit");
+    if (ours == nullptr) {
+      std::printf("%-38s %10s\n", shape.c_str(), reporter.absent(shape, "attnkit"));
+      continue;
+    }
+    std::string fp32_shape = shape;
+    fp32_shape.erase(shape.find(bf16 ? " bf16" : " fp16"), 5);
+    const auto* fp32 = reporter.find(fp32_shape, "attnkit");
+    std::printf("%-38s %10.2f", shape.c_str(), ours->seconds * 1e3);
+    if (fp32 != nullptr)
+      std::printf(" %9.2fx", ours->seconds / fp32->seconds);
+    else
+      std::printf(" %10s", "-");
+    const double kv_bytes = ours->counters.at("kv_bytes");
+    std::printf(" %9.1f", kv_bytes / ours->seconds * 1e-9);
+    const auto* stream = reporter.find("triad " + shape.substr(shape.rfind(' ') + 1), "stream");
+    if (stream != nullptr && shape.rfind("decode", 0) == 0)
+      std::printf(" %11.2fx", kv_bytes / ours->seconds * 1e-9 / stream->counters.at("GBps"));
+    else
+      std::printf(" %12s", "-");
+    std::printf(" %12.2e\n", ours->counters.at("error"));
+  }
 }
 
 void register_yardsticks(const std::vector<int>& threads) {
@@ -241,6 +353,10 @@ int main(int argc, char** argv) {
           register_decode({4096, 32, 8, 128, threads});
           register_decode({32768, 32, 8, 128, threads});
         }
+        register_storage_rows();
       },
-      [&](const ak::bench::CollectingReporter& reporter) { print_table(reporter); });
+      [&](const ak::bench::CollectingReporter& reporter) {
+        print_table(reporter);
+        print_storage_table(reporter);
+      });
 }

@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
+#include "attnkit/core/storage.hpp"
+
 namespace attnkit {
 
 template <class V>
@@ -30,6 +32,8 @@ struct VecOps<float> {
   static constexpr int width = 1;
   static constexpr int registers = registers_for_width(width);
   static float load(const float* p) { return *p; }
+  static float load(const bfloat16* p) { return to_float(*p); }
+  static float load(const float16* p) { return to_float(*p); }
   static void store(float* p, float x) { *p = x; }
   static float broadcast(float x) { return x; }
   static float zero() { return 0.0f; }
@@ -53,6 +57,46 @@ struct VecOps<xsimd::batch<float, Arch>> {
   static constexpr int width = static_cast<int>(V::size);
   static constexpr int registers = registers_for_width(width);
   static V load(const float* p) { return V::load_unaligned(p); }
+  // bfloat16: the 16 bits moved to the top of each float lane.
+  static V load(const bfloat16* p) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>)
+      return _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+#endif
+#if defined(__AVX2__)
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>)
+      return _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+#endif
+#if defined(__SSE2__)
+    if constexpr (std::is_base_of_v<xsimd::sse2, Arch> && width == 4)
+      return _mm_castsi128_ps(
+          _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
+    return load_lanes(p);
+  }
+  // float16: F16C's conversion where the build has it (x86-64-v3 and up).
+  static V load(const float16* p) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>)
+      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#endif
+#if defined(__F16C__)
+    if constexpr (std::is_base_of_v<xsimd::avx, Arch>)
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    if constexpr (std::is_base_of_v<xsimd::sse2, Arch> && width == 4)
+      return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#endif
+    return load_lanes(p);
+  }
+  // Any element type, one lane at a time.
+  template <class T>
+  static V load_lanes(const T* p) {
+    alignas(64) float lanes[width];
+    for (int i = 0; i < width; ++i) lanes[i] = to_float(p[i]);
+    return V::load_aligned(lanes);
+  }
   static void store(float* p, const V& x) { x.store_unaligned(p); }
   static V broadcast(float x) { return V(x); }
   static V zero() { return V(0.0f); }

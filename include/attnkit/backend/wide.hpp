@@ -64,7 +64,8 @@ struct VecOps<Wide<B, N>> {
   using Part = VecOps<B>;
   static constexpr int width = N * Part::width;
   static constexpr int registers = registers_for_width(width);  // those of the ISA it stands for
-  static V load(const float* p) {
+  template <class T>
+  static V load(const T* p) {
     V r;
     for (int i = 0; i < N; ++i) r.part[i] = Part::load(p + i * Part::width);
     return r;

@@ -5,6 +5,8 @@
 // and writes out once. Not here: the FLOP counts themselves (each mechanism's cost()).
 #pragma once
 
+#include <cstddef>
+
 #include "attnkit/core/shape.hpp"
 
 namespace attnkit {
@@ -18,12 +20,14 @@ namespace detail {
 
 // Bytes of q (batch, q_len, q_heads, head_dim), k (batch, kv_len, kv_heads, head_dim),
 // v (batch, kv_len, kv_heads, v_dim) read and out (batch, q_len, out_heads, v_dim) written once.
-inline double attention_bytes(const AttentionShape& shape) {
+// k and v elements of kv_bytes each (a storage type's size; q and out counted as float).
+inline double attention_bytes(const AttentionShape& shape, std::size_t kv_bytes = sizeof(float)) {
   const double batch = static_cast<double>(shape.batch);
   const double out_heads = static_cast<double>(shape.heads.out_heads());
-  return sizeof(float) * batch *
-         (static_cast<double>(shape.q_len) * (shape.heads.q_heads * shape.head_dim + out_heads * shape.v_dim) +
-          static_cast<double>(shape.kv_len) * shape.heads.kv_heads * (shape.head_dim + shape.v_dim));
+  return batch * (sizeof(float) * static_cast<double>(shape.q_len) *
+                      (shape.heads.q_heads * shape.head_dim + out_heads * shape.v_dim) +
+                  static_cast<double>(kv_bytes) * static_cast<double>(shape.kv_len) * shape.heads.kv_heads *
+                      (shape.head_dim + shape.v_dim));
 }
 
 }  // namespace detail

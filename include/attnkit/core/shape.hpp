@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
@@ -155,9 +156,9 @@ struct AttentionShape {
 };
 
 // Validates q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv), out (B, Lq, Ho, Dv) with
-// Ho = HeadMap::out_heads(), and returns the shape.
-inline AttentionShape attention_shape(const View<const float, 4>& q, const View<const float, 4>& k,
-                                      const View<const float, 4>& v, const View<float, 4>* out) {
+// Ho = HeadMap::out_heads(), and returns the shape. Views of any element type (core/storage.hpp).
+template <class Q, class K, class Val, class O>
+AttentionShape attention_shape(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v, const View<O, 4>* out) {
   check_view(q, "q");
   check_view(k, "k");
   check_view(v, "v");
@@ -187,6 +188,11 @@ inline AttentionShape attention_shape(const View<const float, 4>& q, const View<
     check_output_view(*out, "out", {memory_range(q, "q"), memory_range(k, "k"), memory_range(v, "v")});
   }
   return s;
+}
+
+template <class Q, class K, class Val>
+AttentionShape attention_shape(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v, std::nullptr_t) {
+  return attention_shape(q, k, v, static_cast<const View<float, 4>*>(nullptr));
 }
 
 // Real lengths of each batch entry of padded inputs (empty span: every entry is full length).
@@ -291,13 +297,13 @@ namespace detail {
 
 // Rows past a padded sequence's real length: zeros in out (batch, q, heads, dv) and, when lse
 // (batch, q, heads) is given, a log-sum-exp of -inf.
-inline void zero_rows_past_lengths(const View<float, 4>& out, const SequenceLayout& seqs,
-                                   const View<float, 3>& lse = {}) {
+template <class T>
+void zero_rows_past_lengths(const View<T, 4>& out, const SequenceLayout& seqs, const View<float, 3>& lse = {}) {
   for (Index s = 0; s < seqs.count(); ++s) {
     const Sequence seq = seqs[s];
     for (Index pos = seq.q_len; pos < seq.q_extent; ++pos)
       for (Index h = 0; h < out.extent(2); ++h) {
-        for (Index d = 0; d < out.extent(3); ++d) out(seq.batch, pos, h, d) = 0.0f;
+        for (Index d = 0; d < out.extent(3); ++d) out(seq.batch, pos, h, d) = T(0.0f);
         if (lse.data() != nullptr) lse(seq.batch, pos, h) = -std::numeric_limits<float>::infinity();
       }
   }

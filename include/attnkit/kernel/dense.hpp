@@ -5,7 +5,11 @@
 //                     for a few rows per kv head) and streamed through the register-tiled
 //                     micro-kernels with an online softmax; key splits merged by log-sum-exp.
 //   DenseLaunch       one call's views, shape, plan and workspace (the same for every ISA variant);
-//   run_dense_kernel  runs it with a vector type over a backend's threads.
+//   run_dense_kernel  runs it with a vector type over a backend's threads, for the K / V storage
+//                     type of the launch.
+// Storage types (core/storage.hpp): K and V (one type, a template parameter) are converted to
+// float where they are read (packing, or the in-place micro-kernels' loads); Q rows are converted
+// when they are copied and scaled, output rows when they are written. The math is float.
 // The mask policy (tile/mask.hpp) gives each row's visible keys; a Blocks policy the key blocks an
 // item visits. Not here: options and validation (mechanism/dense.hpp), the tile pieces (tile/).
 #pragma once
@@ -17,6 +21,7 @@
 
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/shape.hpp"
+#include "attnkit/core/storage.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/core/workspace_layout.hpp"
@@ -157,14 +162,15 @@ inline std::size_t dense_workspace_bytes(const DensePlan& plan, int slots) {
 
 // The fused kernel for one call. Work items are (sequence, kv heads, query chunk, key split);
 // an item's rows are (kv head, position, head of the group), each kv head's rows padded to the
-// register tile. Mask gives each row's visible keys, Blocks the key blocks an item visits.
-template <class V, class Mask, class Blocks = AllKeyBlocks>
+// register tile. Mask gives each row's visible keys, Blocks the key blocks an item visits; KV is
+// the element type of K and V; Q and out may hold any storage type.
+template <class V, class Mask, class Blocks = AllKeyBlocks, class KV = float>
 class DenseKernel {
   using Tile = RegisterTile<V>;
 
  public:
-  DenseKernel(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-              const View<float, 4>& out, const View<float, 3>& lse, const AttentionShape& shape,
+  DenseKernel(const ErasedView<const void, 4>& q, const View<const KV, 4>& k, const View<const KV, 4>& v,
+              const ErasedView<void, 4>& out, const View<float, 3>& lse, const AttentionShape& shape,
               const SequenceLayout& seqs, const DensePlan& plan, float scale, void* workspace, int slots,
               Mask mask = {}, Blocks blocks = {})
       : q_(q),
@@ -218,8 +224,9 @@ class DenseKernel {
         continue;
       }
       const Index out_head = (first_group + row / plan_.group_rows) * plan_.group + r % plan_.group;
-      const float* src = q_.at(seq.batch, seq.q_begin + first_pos + r / plan_.group, shape_.heads.q_head(out_head), 0);
-      for (Index d = 0; d < shape_.head_dim; ++d) dst[d] = src[d] * scale_;
+      detail::load_row_scaled(
+          element(q_, seq.batch, seq.q_begin + first_pos + r / plan_.group, shape_.heads.q_head(out_head)), q_.storage,
+          shape_.head_dim, scale_, dst);
     }
     std::fill(acc, acc + plan_.rows * ldo, 0.0f);
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
@@ -236,8 +243,8 @@ class DenseKernel {
         seq_index, first_group * plan_.group, chunk, key_begin, key_end, plan_.kv_block, [&](Index block, Index keys) {
           for (Index g = 0; g < plan_.groups_per_item; ++g) {
             const Index kv_head = shape_.heads.kv_head((first_group + g) * plan_.group);
-            const float* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
-            const float* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
+            const KV* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
+            const KV* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
             int values_finite = -1;  // the block's values are all finite (1), not (0), not looked at (-1)
             if (!plan_.stream_keys) {
               tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k);
@@ -298,8 +305,12 @@ class DenseKernel {
           }
         });
     if (plan_.splits > 1) return;
-    for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, float* out_row, float* lse) {
-      const float row_lse = tile::finalize_row<V>(acc + row * ldo, shape_.v_dim, states[row], out_row);
+    for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, void* out_row, float* lse) {
+      // A float output row is written directly; another type is finalised in place in acc first.
+      float* acc_row = acc + row * ldo;
+      float* result = out_.storage == Storage::f32 ? static_cast<float*>(out_row) : acc_row;
+      const float row_lse = tile::finalize_row<V>(acc_row, shape_.v_dim, states[row], result);
+      if (result != out_row) detail::store_row(result, shape_.v_dim, out_row, out_.storage);
       if (lse != nullptr) *lse = row_lse;
     });
   }
@@ -307,7 +318,7 @@ class DenseKernel {
   // Items of the merge pass: (sequence, kv heads, query chunk); only when splits > 1.
   Index merge_items() const { return plan_.items / plan_.splits; }
 
-  void merge_item(Index item) const {
+  void merge_item(Index item, int slot) const {
     const Index chunk = item % plan_.chunks;
     const Index first_group = item / plan_.chunks % plan_.item_groups * plan_.groups_per_item;
     const Sequence seq = seqs_[item / plan_.chunks / plan_.item_groups];
@@ -316,11 +327,19 @@ class DenseKernel {
     // Split items of this chunk are consecutive; run_item numbers chunks from the end.
     const Index first_split_item = ((item / plan_.chunks) * plan_.chunks + (plan_.chunks - 1 - chunk)) * plan_.splits;
     const Index acc_stride = plan_.rows * plan_.acc_cols;
-    for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, float* out_row, float* lse) {
+    // A non-float output row is merged into the thread's accumulator scratch, then converted.
+    float* merged = nullptr;
+    if (out_.storage != Storage::f32) {
+      Arena arena = thread_slot(workspace_.scratch, plan_, slot);
+      merged = DenseScratch::carve(arena, plan_, shape_).acc;
+    }
+    for_each_row(seq, first_group, first_pos, end_pos, [&](Index row, void* out_row, float* lse) {
+      float* result = merged != nullptr ? merged : static_cast<float*>(out_row);
       const float row_lse =
           tile::merge_partial_rows<V>(workspace_.partial_acc + first_split_item * acc_stride + row * plan_.acc_cols,
                                       acc_stride, workspace_.partial_rows + first_split_item * plan_.rows + row,
-                                      plan_.rows, plan_.splits, shape_.v_dim, out_row);
+                                      plan_.rows, plan_.splits, shape_.v_dim, result);
+      if (merged != nullptr) detail::store_row(result, shape_.v_dim, out_row, out_.storage);
       if (lse != nullptr) *lse = row_lse;
     });
   }
@@ -334,13 +353,22 @@ class DenseKernel {
       for (Index r = 0; r < group_rows; ++r) {
         const Index pos = seq.q_begin + first_pos + r / plan_.group;
         const Index out_head = (first_group + g) * plan_.group + r % plan_.group;
-        f(g * plan_.group_rows + r, out_.at(seq.batch, pos, out_head, 0),
+        f(g * plan_.group_rows + r, element(out_, seq.batch, pos, out_head),
           lse_.data() != nullptr ? lse_.at(seq.batch, pos, out_head) : nullptr);
       }
   }
 
-  View<const float, 4> q_, k_, v_;
-  View<float, 4> out_;
+  // Address of row (b, s, h) of an erased view: its element 0 along the last axis.
+  template <class E>
+  static E* element(const ErasedView<E, 4>& x, Index b, Index s, Index h) {
+    const Index offset = b * x.strides[0] + s * x.strides[1] + h * x.strides[2];
+    using Byte = std::conditional_t<std::is_const_v<E>, const std::byte, std::byte>;
+    return static_cast<Byte*>(x.data) + offset * static_cast<Index>(storage_bytes(x.storage));
+  }
+
+  ErasedView<const void, 4> q_;
+  View<const KV, 4> k_, v_;
+  ErasedView<void, 4> out_;
   View<float, 3> lse_;
   AttentionShape shape_;
   SequenceLayout seqs_;
@@ -355,8 +383,8 @@ class DenseKernel {
 // Everything one launch of the kernel takes besides its vector type and policies: plain views and
 // values, the same for every ISA variant (it crosses into the compiled variants unchanged).
 struct DenseLaunch {
-  View<const float, 4> q, k, v;
-  View<float, 4> out;
+  ErasedView<const void, 4> q, k, v;  // k and v of one storage type
+  ErasedView<void, 4> out;
   View<float, 3> lse;  // empty: none
   AttentionShape shape;
   SequenceLayout seqs;
@@ -370,11 +398,15 @@ struct DenseLaunch {
 template <class V, class Backend, class Mask, class Blocks = AllKeyBlocks>
 void run_dense_kernel(const Backend& backend, const DenseLaunch& call, Mask mask, Blocks blocks = {}) {
   if (call.plan.items == 0) return;
-  const DenseKernel<V, Mask, Blocks> kernel(call.q, call.k, call.v, call.out, call.lse, call.shape, call.seqs,
-                                            call.plan, call.scale, call.workspace, backend.threads(), mask, blocks);
-  backend.parallel_for(call.plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
-  if (call.plan.splits > 1)
-    backend.parallel_for(kernel.merge_items(), [&](Index item, int) { kernel.merge_item(item); });
+  with_storage_type(call.k.storage, [&](auto zero) {
+    using KV = decltype(zero);
+    const DenseKernel<V, Mask, Blocks, KV> kernel(call.q, call.k.as<KV>(), call.v.as<KV>(), call.out, call.lse,
+                                                  call.shape, call.seqs, call.plan, call.scale, call.workspace,
+                                                  backend.threads(), mask, blocks);
+    backend.parallel_for(call.plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+    if (call.plan.splits > 1)
+      backend.parallel_for(kernel.merge_items(), [&](Index item, int slot) { kernel.merge_item(item, slot); });
+  });
 }
 
 }  // namespace attnkit::detail

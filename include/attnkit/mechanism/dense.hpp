@@ -14,6 +14,8 @@
 // log-sum-exp. Every tiling decision depends on the shape only,
 // so all backends and thread counts give the same bits. The key blocks an item visits come from a
 // Blocks policy: all of them here, the listed ones for the block-sparse mechanism.
+// Storage: Q, K, V and out may each be float, bfloat16 or float16 (K and V of one type); the
+// math is float (products and softmax), stored values converted where they are read.
 // Not here: the tile pieces themselves (tile/), the reference (reference/dense.hpp).
 #pragma once
 
@@ -29,6 +31,7 @@
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/scale.hpp"
 #include "attnkit/core/shape.hpp"
+#include "attnkit/core/storage.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/kernel/dense.hpp"
@@ -58,6 +61,12 @@ struct Dense {
     Workspace workspace{};  // >= workspace_bytes(...) bytes, 64-byte aligned; none: allocated
   };
 };
+
+// Element types Attention<Dense> takes (views of T or const T): Q, out any storage type, K and V
+// one storage type.
+template <class Q, class K, class V, class O>
+concept DenseStorage = is_storage_type_v<std::remove_const_t<Q>> && is_storage_type_v<std::remove_const_t<K>> &&
+    std::is_same_v<std::remove_const_t<K>, std::remove_const_t<V>> && is_storage_type_v<O>;
 
 namespace detail {
 // Views of packed (token, head, dim) tensors as batch-1 (batch, seq, head, dim) views.
@@ -92,47 +101,62 @@ class Attention<Dense, Backend> {
   const Options& options() const { return options_; }
 
   // Padded inputs: q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) -> out (B, Lq, Ho, Dv).
-  Cost cost(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-            const Args& args = {}) const {
+  template <class Q, class K, class V>
+  requires DenseStorage<Q, K, V, float> Cost cost(const View<Q, 4>& q, const View<K, 4>& k, const View<V, 4>& v,
+                                                  const Args& args = {})
+  const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
-    return cost_of(shape, SequenceLayout::padded(shape, args.lengths));
+    return cost_of(shape, SequenceLayout::padded(shape, args.lengths), storage_of<K>());
   }
-  std::size_t workspace_bytes(const View<const float, 4>& q, const View<const float, 4>& k,
-                              const View<const float, 4>& v, const Args& args = {}) const {
+  template <class Q, class K, class V>
+  requires DenseStorage<Q, K, V, float> std::size_t workspace_bytes(const View<Q, 4>& q, const View<K, 4>& k,
+                                                                    const View<V, 4>& v, const Args& args = {})
+  const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     return workspace_of(
         detail::make_dense_plan(shape, SequenceLayout::padded(shape, args.lengths), detail::dense_geometry(backend_)));
   }
-  void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-                  const View<float, 4>& out, const Args& args = {}) const {
+  template <class Q, class K, class V, class O>
+  requires DenseStorage<Q, K, V, O>
+  void operator()(const View<Q, 4>& q, const View<K, 4>& k, const View<V, 4>& v, const View<O, 4>& out,
+                  const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
     check_lse(args.lse, shape.batch, shape.q_len, shape, {q, k, v, out});
     detail::zero_rows_past_lengths(out, seqs, args.lse);
-    run(q, k, v, out, args, shape, seqs);
+    run(View<const std::remove_const_t<Q>, 4>(q), View<const std::remove_const_t<K>, 4>(k),
+        View<const std::remove_const_t<V>, 4>(v), out, args, shape, seqs);
   }
 
   // Packed inputs: q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv) -> out (Tq, Ho, Dv), sequences
   // given by cu_seqlens; args.lengths must be empty.
-  Cost cost(const View<const float, 3>& q, const View<const float, 3>& k, const View<const float, 3>& v,
-            const CuSeqlens& cu) const {
-    const auto [shape, seqs] = packed_shape(q, k, v, cu, nullptr);
-    return cost_of(shape, seqs);
+  template <class Q, class K, class V>
+  requires DenseStorage<Q, K, V, float> Cost cost(const View<Q, 3>& q, const View<K, 3>& k, const View<V, 3>& v,
+                                                  const CuSeqlens& cu)
+  const {
+    const auto [shape, seqs] = packed_shape(q, k, v, cu, static_cast<const View<float, 4>*>(nullptr));
+    return cost_of(shape, seqs, storage_of<K>());
   }
-  std::size_t workspace_bytes(const View<const float, 3>& q, const View<const float, 3>& k,
-                              const View<const float, 3>& v, const CuSeqlens& cu) const {
-    const auto [shape, seqs] = packed_shape(q, k, v, cu, nullptr);
+  template <class Q, class K, class V>
+  requires DenseStorage<Q, K, V, float> std::size_t workspace_bytes(const View<Q, 3>& q, const View<K, 3>& k,
+                                                                    const View<V, 3>& v, const CuSeqlens& cu)
+  const {
+    const auto [shape, seqs] = packed_shape(q, k, v, cu, static_cast<const View<float, 4>*>(nullptr));
     return workspace_of(detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_)));
   }
-  void operator()(const View<const float, 3>& q, const View<const float, 3>& k, const View<const float, 3>& v,
-                  const View<float, 3>& out, const CuSeqlens& cu, const Args& args = {}) const {
+  template <class Q, class K, class V, class O>
+  requires DenseStorage<Q, K, V, O>
+  void operator()(const View<Q, 3>& q, const View<K, 3>& k, const View<V, 3>& v, const View<O, 3>& out,
+                  const CuSeqlens& cu, const Args& args = {}) const {
     ATTNKIT_CHECK(args.lengths.q.empty() && args.lengths.kv.empty(),
                   "args.lengths: expected empty with packed inputs (cu_seqlens gives the lengths)");
-    const View<float, 4> out4 = detail::as_batch_of_one(out);
+    const View<O, 4> out4 = detail::as_batch_of_one(out);
     const auto [shape, seqs] = packed_shape(q, k, v, cu, &out4);
     check_lse(args.lse, 1, shape.q_len, shape, {q, k, v, out});
     zero_rows_past_tokens(out4, args.lse, cu.q.back());
-    run(detail::as_batch_of_one(q), detail::as_batch_of_one(k), detail::as_batch_of_one(v), out4, args, shape, seqs);
+    run(View<const std::remove_const_t<Q>, 4>(detail::as_batch_of_one(q)),
+        View<const std::remove_const_t<K>, 4>(detail::as_batch_of_one(k)),
+        View<const std::remove_const_t<V>, 4>(detail::as_batch_of_one(v)), out4, args, shape, seqs);
   }
 
  private:
@@ -140,8 +164,9 @@ class Attention<Dense, Backend> {
     AttentionShape shape;
     SequenceLayout seqs;
   };
-  static PackedShape packed_shape(const View<const float, 3>& q, const View<const float, 3>& k,
-                                  const View<const float, 3>& v, const CuSeqlens& cu, const View<float, 4>* out) {
+  template <class Q, class K, class V, class O>
+  static PackedShape packed_shape(const View<Q, 3>& q, const View<K, 3>& k, const View<V, 3>& v, const CuSeqlens& cu,
+                                  const View<O, 4>* out) {
     const AttentionShape shape =
         attention_shape(detail::as_batch_of_one(q), detail::as_batch_of_one(k), detail::as_batch_of_one(v), out);
     return {shape, SequenceLayout::packed(cu, shape.q_len, shape.kv_len)};
@@ -150,8 +175,8 @@ class Attention<Dense, Backend> {
   // Where the views of a call lie, for checking that args.lse aliases none of them.
   struct CallMemory {
     MemoryRange q, k, v, out;
-    template <class In, class Out>
-    CallMemory(const In& q_view, const In& k_view, const In& v_view, const Out& out_view)
+    template <class Q, class K, class V, class Out>
+    CallMemory(const Q& q_view, const K& k_view, const V& v_view, const Out& out_view)
         : q(memory_range(q_view, "q")),
           k(memory_range(k_view, "k")),
           v(memory_range(v_view, "v")),
@@ -171,10 +196,11 @@ class Attention<Dense, Backend> {
 
   // Packed outputs: token rows past the last sequence (cu_seqlens.q.back() and on) belong to no
   // sequence; they are written as zeros (log-sum-exp -inf), as rows past a padded length are.
-  static void zero_rows_past_tokens(const View<float, 4>& out, const View<float, 3>& lse, Index tokens) {
+  template <class O>
+  static void zero_rows_past_tokens(const View<O, 4>& out, const View<float, 3>& lse, Index tokens) {
     for (Index t = tokens; t < out.extent(1); ++t)
       for (Index h = 0; h < out.extent(2); ++h) {
-        for (Index d = 0; d < out.extent(3); ++d) out(0, t, h, d) = 0.0f;
+        for (Index d = 0; d < out.extent(3); ++d) out(0, t, h, d) = O(0.0f);
         if (lse.data() != nullptr) lse(0, t, h) = -std::numeric_limits<float>::infinity();
       }
   }
@@ -191,7 +217,7 @@ class Attention<Dense, Backend> {
       f(tile::NoMask{});
   }
 
-  Cost cost_of(const AttentionShape& shape, const SequenceLayout& seqs) const {
+  Cost cost_of(const AttentionShape& shape, const SequenceLayout& seqs, Storage kv_storage) const {
     double pairs = 0;
     with_mask([&](auto mask) {
       for (Index s = 0; s < seqs.count(); ++s) {
@@ -205,7 +231,7 @@ class Attention<Dense, Backend> {
     const double out_heads = static_cast<double>(shape.heads.out_heads());
     Cost cost;
     cost.flops = 2.0 * pairs * out_heads * static_cast<double>(shape.head_dim + shape.v_dim);
-    cost.bytes = detail::attention_bytes(shape);
+    cost.bytes = detail::attention_bytes(shape, storage_bytes(kv_storage));
     return cost;
   }
 
@@ -213,8 +239,9 @@ class Attention<Dense, Backend> {
     return detail::dense_workspace_bytes(plan, backend_.threads());
   }
 
-  void run(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-           const View<float, 4>& out, const Args& args, const AttentionShape& shape, const SequenceLayout& seqs) const {
+  void run(const ErasedView<const void, 4>& q, const ErasedView<const void, 4>& k, const ErasedView<const void, 4>& v,
+           const ErasedView<void, 4>& out, const Args& args, const AttentionShape& shape,
+           const SequenceLayout& seqs) const {
     const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_));
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));

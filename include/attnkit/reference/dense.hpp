@@ -4,7 +4,8 @@
 // with the kernel but the views and sequence bookkeeping.
 //   out[b, i, o] = Σ_j softmax_j(scale · q[b, i, qh(o)] · k[b, j, kh(o)]) v[b, j, kh(o)]
 //   over keys j visible to query i (causal: j <= i + kv_len - q_len); no visible key: zeros and
-//   log-sum-exp -inf (decided by the count of visible keys). Plain IEEE arithmetic otherwise: a
+//   log-sum-exp -inf (decided by the count of visible keys); inputs of a storage type are read as
+//   the values they stand for (to_float). Plain IEEE arithmetic otherwise: a
 //   NaN or +inf score, or visible scores all -inf, make the row NaN. Head mapping: q_heads >=
 //   kv_heads: qh(o) = o, kh(o) = o / (q_heads / kv_heads); otherwise qh(o) = o % q_heads, kh(o) = o.
 #pragma once
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "attnkit/core/shape.hpp"
+#include "attnkit/core/storage.hpp"
 #include "attnkit/core/view.hpp"
 
 namespace attnkit::reference {
@@ -25,9 +27,9 @@ struct DenseOptions {
 };
 
 // Sequences of `seqs` over (batch, seq, head, dim) views; lse may be empty.
-template <class Acc>
-void dense(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-           const View<Acc, 4>& out, const View<Acc, 3>& lse, const SequenceLayout& seqs, DenseOptions options) {
+template <class Acc, class Q, class K, class Val>
+void dense(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v, const View<Acc, 4>& out,
+           const View<Acc, 3>& lse, const SequenceLayout& seqs, DenseOptions options) {
   const Index q_heads = q.extent(2), kv_heads = k.extent(2), head_dim = q.extent(3), v_dim = v.extent(3);
   const Index out_heads = std::max(q_heads, kv_heads);
   const Acc scale = static_cast<Acc>(options.scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
@@ -46,7 +48,8 @@ void dense(const View<const float, 4>& q, const View<const float, 4>& k, const V
         for (Index j = 0; j < visible; ++j) {
           Acc dot = 0;
           for (Index d = 0; d < head_dim; ++d)
-            dot += static_cast<Acc>(q(seq.batch, row, qh, d)) * static_cast<Acc>(k(seq.batch, seq.kv_begin + j, kh, d));
+            dot += static_cast<Acc>(to_float(q(seq.batch, row, qh, d))) *
+                   static_cast<Acc>(to_float(k(seq.batch, seq.kv_begin + j, kh, d)));
           logits[j] = scale * dot;
           max = std::max(max, logits[j]);
         }
@@ -58,7 +61,7 @@ void dense(const View<const float, 4>& q, const View<const float, 4>& k, const V
         for (Index d = 0; d < v_dim; ++d) {
           Acc acc = 0;
           for (Index j = 0; j < visible; ++j)
-            acc += logits[j] * static_cast<Acc>(v(seq.batch, seq.kv_begin + j, kh, d));
+            acc += logits[j] * static_cast<Acc>(to_float(v(seq.batch, seq.kv_begin + j, kh, d)));
           out(seq.batch, row, o, d) = visible > 0 ? acc / sum : Acc(0);
         }
         if (lse.data() != nullptr)
@@ -69,9 +72,9 @@ void dense(const View<const float, 4>& q, const View<const float, 4>& k, const V
 }
 
 // Padded inputs, optional real lengths per batch entry.
-template <class Acc>
-void dense(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-           const View<Acc, 4>& out, const View<Acc, 3>& lse, DenseOptions options, SeqLengths lengths = {}) {
+template <class Acc, class Q, class K, class Val>
+void dense(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v, const View<Acc, 4>& out,
+           const View<Acc, 3>& lse, DenseOptions options, SeqLengths lengths = {}) {
   const AttentionShape shape{q.extent(0), q.extent(1), k.extent(1),
                              q.extent(3), v.extent(3), HeadMap{q.extent(2), k.extent(2)}};
   dense<Acc>(q, k, v, out, lse, SequenceLayout::padded(shape, lengths), options);

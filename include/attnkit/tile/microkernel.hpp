@@ -49,17 +49,18 @@ inline void score_block(const float* const* q_rows, const float* packed_k, Index
     score_panel<V, Tile::mr, Tile::nr>(q_rows, packed_k + c * head_dim, head_dim, s + c, lds);
 }
 
-// s[r][j] = Σ_d q_rows[r][d] · k[j][d] for j < keys; k rows `ldk` apart, read in place, two
-// keys at a time. q_rows: MR pointers to (head_dim) rows; s: (MR, lds).
-template <class V, int MR>
-inline void score_rows_in_place(const float* const* q_rows, const float* k, Index ldk, Index keys, Index head_dim,
+// s[r][j] = Σ_d q_rows[r][d] · k[j][d] for j < keys; k rows `ldk` apart, read in place (and
+// converted to float when KV is a reduced-precision storage type), two keys at a time.
+// q_rows: MR pointers to (head_dim) rows; s: (MR, lds).
+template <class V, int MR, class KV>
+inline void score_rows_in_place(const float* const* q_rows, const KV* k, Index ldk, Index keys, Index head_dim,
                                 float* s, Index lds) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
   const Index vector_dims = head_dim / W * W;
   for (Index j = 0; j < keys; j += 2) {
-    const float* k0 = k + j * ldk;
-    const float* k1 = j + 1 < keys ? k0 + ldk : k0;
+    const KV* k0 = k + j * ldk;
+    const KV* k1 = j + 1 < keys ? k0 + ldk : k0;
     V acc0[MR], acc1[MR];
     for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = Ops::zero();
     for (Index d = 0; d < vector_dims; d += W) {
@@ -73,8 +74,8 @@ inline void score_rows_in_place(const float* const* q_rows, const float* k, Inde
     for (int r = 0; r < MR; ++r) {
       float dot0 = Ops::sum(acc0[r]), dot1 = Ops::sum(acc1[r]);
       for (Index d = vector_dims; d < head_dim; ++d) {
-        dot0 += q_rows[r][d] * k0[d];
-        dot1 += q_rows[r][d] * k1[d];
+        dot0 += q_rows[r][d] * to_float(k0[d]);
+        dot1 += q_rows[r][d] * to_float(k1[d]);
       }
       s[r * lds + j] = dot0;
       if (j + 1 < keys) s[r * lds + j + 1] = dot1;
@@ -83,9 +84,9 @@ inline void score_rows_in_place(const float* const* q_rows, const float* k, Inde
 }
 
 // o[r][c] += Σ_j p[r][j] · v[j][c] for an (MR, NR * W) strip of the output.
-// p: (MR, ldp); v: rows j at v + j * ldv; o: (MR, ldo).
-template <class V, int MR, int NR>
-inline void accumulate_pv_strip(const float* p, Index ldp, const float* v, Index ldv, Index keys, float* o, Index ldo) {
+// p: (MR, ldp); v: rows j at v + j * ldv (KV: float or a storage type); o: (MR, ldo).
+template <class V, int MR, int NR, class KV>
+inline void accumulate_pv_strip(const float* p, Index ldp, const KV* v, Index ldv, Index keys, float* o, Index ldo) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
   V acc[MR][NR];
@@ -116,8 +117,8 @@ inline void accumulate_pv_packed(const float* p, Index ldp, const float* packed_
 
 // O (MR, v_dim) += P (MR, keys) · V (keys, v_dim) with V rows read in place: full strips, then
 // single vectors, then a scalar tail, so any v_dim works without reading past a row.
-template <class V, int MR = RegisterTile<V>::mr>
-inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, Index keys, Index v_dim, float* o,
+template <class V, int MR = RegisterTile<V>::mr, class KV>
+inline void accumulate_pv(const float* p, Index ldp, const KV* v, Index ldv, Index keys, Index v_dim, float* o,
                           Index ldo) {
   using Tile = RegisterTile<V>;
   constexpr int W = Tile::width;
@@ -135,17 +136,17 @@ inline void accumulate_pv(const float* p, Index ldp, const float* v, Index ldv, 
 }
 
 // True when the rows [0, keys) x [0, cols) of v (rows ldv apart) are all finite.
-template <class V>
-inline bool finite_rows(const float* v, Index ldv, Index keys, Index cols) {
+template <class V, class KV>
+inline bool finite_rows(const KV* v, Index ldv, Index keys, Index cols) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
   V bad = Ops::zero();  // x - x: 0 for a finite x, NaN for NaN and +-inf
   float tail = 0.0f;
   for (Index j = 0; j < keys; ++j) {
-    const float* row = v + j * ldv;
+    const KV* row = v + j * ldv;
     Index c = 0;
     for (; c + W <= cols; c += W) bad = bad + (Ops::load(row + c) - Ops::load(row + c));
-    for (; c < cols; ++c) tail += row[c] - row[c];
+    for (; c < cols; ++c) tail += to_float(row[c]) - to_float(row[c]);
   }
   return Ops::sum(bad) + tail == 0.0f;
 }
@@ -153,9 +154,8 @@ inline bool finite_rows(const float* v, Index ldv, Index keys, Index cols) {
 // o (v_dim) += Σ_{j in [begin, end)} p[j] · v[j] for one row over its own keys only: the exact
 // terms the full-block products compute for it, without the 0 · v of keys it does not see
 // (0 · inf and 0 · NaN are NaN). p: scores from key 0; v: rows j at v + j * ldv.
-template <class V>
-inline void accumulate_pv_range(const float* p, const float* v, Index ldv, Index begin, Index end, Index v_dim,
-                                float* o) {
+template <class V, class KV>
+inline void accumulate_pv_range(const float* p, const KV* v, Index ldv, Index begin, Index end, Index v_dim, float* o) {
   if (end > begin) accumulate_pv<V, 1>(p + begin, 0, v + begin * ldv, ldv, end - begin, v_dim, o, 0);
 }
 

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "attnkit/core/storage.hpp"
 #include "attnkit/core/view.hpp"
 
 namespace attnkit::tile {
@@ -17,13 +18,13 @@ namespace attnkit::tile {
 // sit in their own page, where the hardware prefetchers do not follow.
 inline constexpr Index kPrefetchRowsAhead = 8;
 
-// Requests the cache lines of `rows` rows of `cols` floats, `row_stride` apart (kForWrite: rows
+// Requests the cache lines of `rows` rows of `cols` elements, `row_stride` apart (kForWrite: rows
 // about to be written).
-template <bool kForWrite = false>
-inline void prefetch_rows(const float* x, Index row_stride, Index rows, Index cols) {
-  constexpr Index kLineFloats = 64 / sizeof(float);
+template <bool kForWrite = false, class T>
+inline void prefetch_rows(const T* x, Index row_stride, Index rows, Index cols) {
+  constexpr Index kLineElements = 64 / sizeof(T);
   for (Index j = 0; j < rows; ++j)
-    for (Index c = 0; c < cols; c += kLineFloats) __builtin_prefetch(x + j * row_stride + c, kForWrite ? 1 : 0);
+    for (Index c = 0; c < cols; c += kLineElements) __builtin_prefetch(x + j * row_stride + c, kForWrite ? 1 : 0);
 }
 
 // Floats a packed block of `keys` keys occupies.
@@ -31,16 +32,17 @@ constexpr Index packed_key_floats(Index keys, Index head_dim, Index cols) {
   return (keys + cols - 1) / cols * cols * head_dim;
 }
 
-// packed: (ceil(keys / cols), head_dim, cols) from k: rows j at k + j * row_stride, (head_dim).
-template <int Cols>
-inline void pack_key_panels(const float* k, Index row_stride, Index keys, Index head_dim, float* packed) {
+// packed: (ceil(keys / cols), head_dim, cols) from k: rows j at k + j * row_stride, (head_dim),
+// of float or a storage type (converted to float here).
+template <int Cols, class KV>
+inline void pack_key_panels(const KV* k, Index row_stride, Index keys, Index head_dim, float* packed) {
   for (Index j0 = 0; j0 < keys; j0 += Cols) {
     float* panel = packed + j0 * head_dim;  // (head_dim, Cols)
     const Index n = std::min<Index>(Cols, keys - j0);
     prefetch_rows(k + (j0 + Cols) * row_stride, row_stride, std::min<Index>(Cols, keys - j0 - Cols), head_dim);
     for (Index c = 0; c < n; ++c) {
-      const float* row = k + (j0 + c) * row_stride;
-      for (Index d = 0; d < head_dim; ++d) panel[d * Cols + c] = row[d];
+      const KV* row = k + (j0 + c) * row_stride;
+      for (Index d = 0; d < head_dim; ++d) panel[d * Cols + c] = to_float(row[d]);
     }
     for (Index c = n; c < Cols; ++c)
       for (Index d = 0; d < head_dim; ++d) panel[d * Cols + c] = 0.0f;
@@ -52,18 +54,19 @@ constexpr Index packed_value_floats(Index keys, Index v_dim, Index cols) {
   return (v_dim + cols - 1) / cols * cols * keys;
 }
 
-// packed: (ceil(v_dim / cols), keys, cols) from v: rows j at v + j * row_stride, (v_dim).
-template <int Cols>
-inline void pack_value_strips(const float* v, Index row_stride, Index keys, Index v_dim, float* packed) {
+// packed: (ceil(v_dim / cols), keys, cols) from v: rows j at v + j * row_stride, (v_dim), of
+// float or a storage type.
+template <int Cols, class KV>
+inline void pack_value_strips(const KV* v, Index row_stride, Index keys, Index v_dim, float* packed) {
   for (Index c0 = 0; c0 < v_dim; c0 += Cols) {
     float* strip = packed + c0 * keys;  // (keys, Cols)
     const Index n = std::min<Index>(Cols, v_dim - c0);
     for (Index j = 0; j < keys; ++j) {
       if (c0 == 0 && j + kPrefetchRowsAhead < keys)
         prefetch_rows(v + (j + kPrefetchRowsAhead) * row_stride, 0, 1, v_dim);
-      const float* row = v + j * row_stride + c0;
+      const KV* row = v + j * row_stride + c0;
       float* out = strip + j * Cols;
-      for (Index c = 0; c < n; ++c) out[c] = row[c];
+      for (Index c = 0; c < n; ++c) out[c] = to_float(row[c]);
       for (Index c = n; c < Cols; ++c) out[c] = 0.0f;
     }
   }

@@ -1,0 +1,297 @@
+// Reduced-precision storage (core/storage.hpp): the bfloat16 and float16 conversions against
+// their definition (round to nearest even, checked at every representable value and midpoint),
+// the vector loads of every backend, and Attention<Dense> with bfloat16 / float16 Q, K, V and
+// out on every backend and dispatched ISA variant, against the double and float references on
+// the stored (rounded) values.
+#include <catch2/catch.hpp>
+
+#include <attnkit/reference/dense.hpp>
+#include <bit>
+#include <cstring>
+
+#include "test_util.hpp"
+
+namespace ak = attnkit;
+using ak::Index;
+using ak::test::Layout;
+using ak::test::Tensor4;
+
+namespace {
+
+// Every finite value of a 16-bit format in increasing order of magnitude, as (bits, value).
+template <class T>
+std::vector<std::pair<std::uint16_t, float>> finite_positive_values() {
+  std::vector<std::pair<std::uint16_t, float>> values;
+  for (std::uint32_t bits = 0; bits < 0x8000u; ++bits) {
+    const float x = static_cast<float>(T::from_bits(static_cast<std::uint16_t>(bits)));
+    if (std::isfinite(x)) values.emplace_back(static_cast<std::uint16_t>(bits), x);
+  }
+  return values;
+}
+
+// Rounding to nearest even at every representable value and every midpoint between neighbours,
+// with both signs; values one float ulp either side of a midpoint round to the nearer neighbour.
+template <class T>
+void check_round_to_nearest_even(float largest_finite_midpoint_up) {
+  const auto values = finite_positive_values<T>();
+  REQUIRE(values.size() > 1000);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const auto [bits, x] = values[i];
+    for (const float sign : {1.0f, -1.0f}) {
+      const std::uint16_t sign_bit = sign < 0 ? 0x8000u : 0u;
+      CHECK(T(sign * x).bits == (bits | sign_bit));
+      if (i + 1 == values.size()) continue;
+      const auto [next_bits, next] = values[i + 1];
+      const float mid = x / 2 + next / 2;  // exact: a 16-bit format has far fewer mantissa bits
+      REQUIRE(static_cast<double>(mid) == (static_cast<double>(x) + next) / 2);
+      const std::uint16_t even = (bits & 1u) == 0 ? bits : next_bits;
+      CHECK(T(sign * mid).bits == (even | sign_bit));
+      CHECK(T(sign * std::nextafter(mid, 0.0f)).bits == (bits | sign_bit));
+      CHECK(T(sign * std::nextafter(mid, INFINITY)).bits == (next_bits | sign_bit));
+    }
+  }
+  // Past the largest finite value, from the midpoint to the next binade, is infinity.
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(static_cast<float>(T(largest_finite_midpoint_up)) == inf);
+  CHECK(static_cast<float>(T(std::nextafter(largest_finite_midpoint_up, 0.0f))) == values.back().second);
+  CHECK(static_cast<float>(T(inf)) == inf);
+  CHECK(static_cast<float>(T(-inf)) == -inf);
+  CHECK(static_cast<float>(T(std::numeric_limits<float>::max())) == inf);
+}
+
+// NaN stays NaN with its sign, whatever its payload (a truncated payload must not become inf).
+template <class T>
+void check_nan_kept() {
+  for (const std::uint32_t bits : {0x7fc00000u, 0x7f800001u, 0x7fa00000u, 0xff800001u, 0xffffffffu, 0x7f801000u}) {
+    const float nan = std::bit_cast<float>(bits);
+    const T x(nan);
+    INFO("float bits " << std::hex << bits << " -> " << x.bits);
+    CHECK(std::isnan(static_cast<float>(x)));
+    CHECK(std::signbit(static_cast<float>(x)) == std::signbit(nan));
+  }
+}
+
+TEST_CASE("bfloat16 rounds to nearest even and keeps NaN", "[storage]") {
+  // The largest finite bfloat16 is (2 - 2^-7) * 2^127; halfway to 2^128 rounds up to infinity.
+  check_round_to_nearest_even<ak::bfloat16>(static_cast<float>((2.0 - 0x1p-8) * 0x1p127));
+  check_nan_kept<ak::bfloat16>();
+}
+
+TEST_CASE("float16 rounds to nearest even (subnormals included) and keeps NaN", "[storage]") {
+  check_round_to_nearest_even<ak::float16>(65520.0f);  // 65504 is the largest finite float16
+  check_nan_kept<ak::float16>();
+  // Below half the smallest subnormal (2^-25) is zero; just above it the smallest subnormal.
+  CHECK(ak::float16(0x1p-25f).bits == 0);
+  CHECK(ak::float16(std::nextafter(0x1p-25f, 1.0f)).bits == 1);
+  CHECK(ak::float16(1e-30f).bits == 0);
+  CHECK(ak::float16(-1e-30f).bits == 0x8000u);
+}
+
+TEST_CASE("float16 to float: the run-time conversion equals the definition at every value", "[storage]") {
+  static_assert(static_cast<float>(ak::float16::from_bits(0x3c00)) == 1.0f);
+  static_assert(static_cast<float>(ak::float16::from_bits(0x0001)) == 0x1p-24f);
+  static_assert(static_cast<float>(ak::float16::from_bits(0xfbff)) == -65504.0f);
+  for (std::uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const auto h = static_cast<std::uint16_t>(bits);
+    const float got = static_cast<float>(ak::float16::from_bits(h));
+    const float expected = ak::detail::float16_value_portable(h);
+    INFO("bits " << std::hex << bits);
+    CHECK(std::bit_cast<std::uint32_t>(got) == std::bit_cast<std::uint32_t>(expected));
+  }
+}
+
+// A vector load of a storage type gives, lane by lane, the values to_float gives.
+template <class V, class T>
+void check_loads() {
+  using Ops = ak::VecOps<V>;
+  constexpr int W = Ops::width;
+  std::vector<T> stored;
+  for (std::uint32_t bits = 0; bits < 0x10000u; bits += 7)
+    stored.push_back(T::from_bits(static_cast<std::uint16_t>(bits)));
+  for (std::uint16_t bits : {0x0000, 0x8000, 0x0001, 0x7c00, 0xfc00, 0x7e00, 0x7f80, 0xff80, 0x7fc0, 0x03ff})
+    stored.push_back(T::from_bits(bits));
+  while (stored.size() % W != 0) stored.push_back(T(1.0f));
+  std::vector<float> lanes(W);
+  for (std::size_t i = 0; i < stored.size(); i += W) {
+    Ops::store(lanes.data(), Ops::load(stored.data() + i));
+    for (int l = 0; l < W; ++l) {
+      const float expected = ak::to_float(stored[i + l]);
+      INFO("bits " << std::hex << stored[i + l].bits);
+      if (std::isnan(expected))
+        CHECK(std::isnan(lanes[l]));
+      else
+        CHECK(std::bit_cast<std::uint32_t>(lanes[l]) == std::bit_cast<std::uint32_t>(expected));
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("vector loads of bfloat16 and float16 convert exactly", "[storage]", ak::test::Backends) {
+  using V = ak::vector_t<TestType>;
+  check_loads<V, ak::bfloat16>();
+  check_loads<V, ak::float16>();
+  check_loads<ak::Wide<V, 2>, ak::bfloat16>();
+  check_loads<ak::Wide<V, 2>, ak::float16>();
+}
+
+// ---- Attention<Dense> on stored values --------------------------------------------------------
+
+// A copy of a test tensor in storage type T, same layout (padding stays NaN).
+template <class T>
+struct Stored {
+  std::vector<T> data;
+  ak::View<T, 4> view;
+  explicit Stored(const Tensor4& from) : data(from.data.size()) {
+    for (std::size_t i = 0; i < data.size(); ++i) data[i] = T(from.data[i]);
+    view = ak::View<T, 4>(data.data(), from.view.extents(), from.view.strides());
+  }
+  explicit Stored(Index b, Index s, Index h, Index d, Layout layout) : Stored(Tensor4(b, s, h, d, layout)) {}
+};
+
+struct StorageCase {
+  Index batch = 1, q_len = 1, kv_len = 1, q_heads = 1, kv_heads = 1, head_dim = 8, v_dim = 0;
+  bool causal = false;
+  Layout layout = Layout::kBshd;
+  std::vector<std::int32_t> q_lengths{}, kv_lengths{};
+  std::uint32_t seed = 1;
+};
+
+// The storage combinations run: K / V type, then whether Q and out are of that type or float.
+enum class Also { kNothing, kQ, kOut, kQAndOut };
+
+// Runs Dense with K, V of type T (and Q / out of type T per `also`) and both references on the
+// rounded values; the error rule is design.md 4's, plus the output's own rounding when it is
+// stored as T (half an ulp of T: 2^-8 relative for bfloat16, 2^-11 for float16).
+template <class T, class Backend>
+void check_stored_dense(const StorageCase& c, Also also, Backend backend) {
+  const Index out_heads = std::max(c.q_heads, c.kv_heads), v_dim = c.v_dim > 0 ? c.v_dim : c.head_dim;
+  INFO(ak::storage_name(ak::storage_of<T>())
+       << " also " << int(also) << ": batch " << c.batch << " q_len " << c.q_len << " kv_len " << c.kv_len << " heads "
+       << c.q_heads << "/" << c.kv_heads << " dims " << c.head_dim << "/" << v_dim << " causal " << c.causal
+       << " layout " << ak::test::layout_name(c.layout));
+  Tensor4 q(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout), k(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout),
+      v(c.batch, c.kv_len, c.kv_heads, v_dim, c.layout);
+  q.fill_uniform(c.seed, -2.0f, 2.0f);
+  k.fill_uniform(c.seed + 1, -2.0f, 2.0f);
+  v.fill_uniform(c.seed + 2);
+  const Stored<T> sq(q), sk(k), sv(v);
+  const bool q_stored = also == Also::kQ || also == Also::kQAndOut;
+  const bool out_stored = also == Also::kOut || also == Also::kQAndOut;
+  // The float Q the references see: Q's values after rounding when Q is stored.
+  Tensor4 q_seen = q;
+  q_seen.view = ak::View<float, 4>(q_seen.data.data(), q.view.extents(), q.view.strides());
+  if (q_stored)
+    for (std::size_t i = 0; i < q_seen.data.size(); ++i) q_seen.data[i] = ak::to_float(sq.data[i]);
+
+  const ak::SeqLengths lengths{c.q_lengths, c.kv_lengths};
+  const ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, backend);
+  Tensor4 out(c.batch, c.q_len, out_heads, v_dim, c.layout);
+  Stored<T> out_t(c.batch, c.q_len, out_heads, v_dim, c.layout);
+  const ak::View<const T, 4> kc = sk.view, vc = sv.view;
+  if (q_stored) {
+    const ak::View<const T, 4> qc = sq.view;
+    if (out_stored)
+      attn(qc, kc, vc, out_t.view, {.lengths = lengths});
+    else
+      attn(qc, kc, vc, out.view, {.lengths = lengths});
+  } else if (out_stored) {
+    attn(q.view, kc, vc, out_t.view, {.lengths = lengths});
+  } else {
+    attn(q.view, kc, vc, out.view, {.lengths = lengths});
+  }
+  if (out_stored)
+    for (Index b = 0; b < c.batch; ++b)
+      for (Index s = 0; s < c.q_len; ++s)
+        for (Index h = 0; h < out_heads; ++h)
+          for (Index d = 0; d < v_dim; ++d) out.view(b, s, h, d) = ak::to_float(out_t.view(b, s, h, d));
+
+  const ak::test::ReferenceOutputs reference({c.batch, c.q_len, out_heads, v_dim});
+  const ak::reference::DenseOptions ref{.causal = c.causal};
+  ak::reference::dense<double>(q_seen.view, sk.view, sv.view, reference.exact, ak::View<double, 3>{}, ref, lengths);
+  ak::reference::dense<float>(q_seen.view, sk.view, sv.view, reference.naive, ak::View<float, 3>{}, ref, lengths);
+  const double float_error = ak::test::max_abs_diff(reference.naive, reference.exact);
+  const double error = ak::test::max_abs_diff(out.view, reference.exact);
+  // |out| <= max |v| <= 1, so the output's rounding adds at most half an ulp of 1.
+  const double rounding = !out_stored ? 0.0 : std::is_same_v<T, ak::bfloat16> ? 0x1p-8 : 0x1p-11;
+  INFO("kernel error " << error << ", float reference error " << float_error);
+  CHECK(error <= ak::test::exact_tolerance(float_error) + rounding);
+}
+
+std::vector<std::pair<const char*, StorageCase>> storage_cases() {
+  auto cases = ak::test::attention_edge_cases<StorageCase>();
+  // Prefill (K / V packed), decode over a kv cache (read in place), and decode long enough for
+  // key splits (merged by log-sum-exp), with GQA.
+  cases.emplace_back("prefill, causal, GQA", StorageCase{1, 150, 150, 4, 2, 64, 0, true});
+  cases.emplace_back("prefill, v_dim != head_dim", StorageCase{2, 40, 90, 2, 2, 24, 40, false});
+  cases.emplace_back("decode, GQA 8/2, d 128", StorageCase{2, 1, 300, 8, 2, 128, 0, true});
+  cases.emplace_back("decode with key splits, GQA 4/1", StorageCase{1, 1, 4500, 4, 1, 64, 0, false});
+  cases.emplace_back("chunked prefill with key splits", StorageCase{1, 3, 4200, 2, 1, 32, 0, true});
+  return cases;
+}
+
+template <class Backend>
+void check_every_storage(Backend backend) {
+  for (const auto& [what, c] : storage_cases()) {
+    INFO(what);
+    for (const Also also : {Also::kNothing, Also::kQ, Also::kOut, Also::kQAndOut}) {
+      check_stored_dense<ak::bfloat16>(c, also, backend);
+      check_stored_dense<ak::float16>(c, also, backend);
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("dense with bfloat16 and float16 storage matches the reference on the stored values",
+                        "[storage][dense]", ak::test::Backends) {
+  check_every_storage(ak::test::compile_time_kernels<TestType>());
+}
+
+TEST_CASE("dense storage types through every compiled ISA variant this CPU runs", "[storage][dense][isa]") {
+  for (ak::Isa isa : {ak::Isa::sse2, ak::Isa::avx2, ak::Isa::avx512}) {
+    if (isa > ak::cpu_isa()) {
+      std::printf("storage dispatch: %s variant not run (the CPU lacks it)\n", ak::isa_name(isa));
+      continue;
+    }
+    INFO(ak::isa_name(isa));
+    check_every_storage(ak::OpenMP<>{.num_threads = 2, .inner = {.isa = isa}});
+  }
+}
+
+// Stored types give the same bits on every backend as float views of the same (rounded) values:
+// conversion happens where values are read, the math is the float kernel's.
+TEMPLATE_LIST_TEST_CASE("dense with stored K / V equals dense on the converted float values bit for bit",
+                        "[storage][dense]", ak::test::Backends) {
+  const auto backend = ak::test::compile_time_kernels<TestType>();
+  for (const StorageCase& c :
+       {StorageCase{1, 70, 70, 4, 2, 32, 0, true}, StorageCase{1, 1, 4500, 8, 2, 64, 0, false}}) {
+    Tensor4 q(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout),
+        k(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout), v(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout);
+    q.fill_uniform(3);
+    k.fill_uniform(4);
+    v.fill_uniform(5);
+    const Stored<ak::bfloat16> sk(k), sv(v);
+    for (std::size_t i = 0; i < k.data.size(); ++i) k.data[i] = ak::to_float(sk.data[i]);
+    for (std::size_t i = 0; i < v.data.size(); ++i) v.data[i] = ak::to_float(sv.data[i]);
+    const ak::Attention<ak::Dense, TestType> attn(ak::Dense::Options{.causal = c.causal}, backend);
+    Tensor4 from_float(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout), from_stored = from_float;
+    from_stored.view =
+        ak::View<float, 4>(from_stored.data.data(), from_float.view.extents(), from_float.view.strides());
+    attn(q.view, k.view, v.view, from_float.view);
+    attn(q.view, ak::View<const ak::bfloat16, 4>(sk.view), ak::View<const ak::bfloat16, 4>(sv.view), from_stored.view);
+    CHECK(ak::test::flatten(from_float.view) == ak::test::flatten(from_stored.view));
+  }
+}
+
+TEST_CASE("dense storage: bad views are errors as for float", "[storage][dense]") {
+  Stored<ak::bfloat16> q(1, 4, 2, 8, Layout::kBshd), k(1, 6, 2, 8, Layout::kBshd), v(1, 6, 2, 8, Layout::kBshd);
+  Stored<ak::bfloat16> out(1, 4, 2, 8, Layout::kBshd);
+  const ak::Attention<ak::Dense, ak::Scalar> attn;
+  const ak::View<const ak::bfloat16, 4> qc = q.view, kc = k.view, vc = v.view;
+  const ak::View<const ak::bfloat16, 4> short_k(k.data.data(), {1, 6, 2, 7}, k.view.strides());
+  CHECK_THROWS_WITH(attn(qc, short_k, vc, out.view), Catch::Contains("k: head_dim 7, expected 8"));
+  const ak::View<ak::bfloat16, 4> aliasing_out(const_cast<ak::bfloat16*>(v.data.data()), {1, 4, 2, 8},
+                                               out.view.strides());
+  CHECK_THROWS_WITH(attn(qc, kc, vc, aliasing_out), Catch::Contains("out: memory overlaps v"));
+  const ak::View<const ak::bfloat16, 4> strided_q(q.data.data(), {1, 2, 2, 4}, {32, 16, 8, 2});
+  CHECK_THROWS_WITH(attn(strided_q, kc, vc, out.view), Catch::Contains("q: stride of the last axis is 2"));
+}
+
+}  // namespace
