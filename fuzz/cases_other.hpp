@@ -311,7 +311,7 @@ void fuzz_probsparse(Case& c) {
       }
       break;
     case 3:
-      if (!samples.empty()) {
+      if (samples.size() >= 2) {  // one entry less; none at all is valid (drawn samples)
         passed = samples;
         passed.pop_back();
         c.mark_invalid("args.samples count");
