@@ -13,6 +13,8 @@
 #include <cstring>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <type_traits>
 
 #include "baselines.hpp"
 #include "openblas_core.hpp"
@@ -78,32 +80,67 @@ struct Decode {
            " d=" + std::to_string(dim) + storage_suffix(storage) + " T" + std::to_string(threads);
   }
   static std::string storage_suffix(ak::Storage s) {
-    return s == ak::Storage::f32 ? "" : std::string(" ") + (s == ak::Storage::bf16 ? "bf16" : "fp16");
+    switch (s) {
+      case ak::Storage::bf16:
+        return " bf16";
+      case ak::Storage::f16:
+        return " fp16";
+      case ak::Storage::i8:
+        return " int8";
+      case ak::Storage::f32:
+        break;
+    }
+    return "";
   }
 };
 
-// Inputs whose K and V (and Q, when q_stored) are kept as T: the float copies the check reads hold
-// the rounded values, and exact_out is fp32 attention on the values before rounding.
+// Inputs whose K and V (and Q, for a storage type T) are kept as T, or as int8 with a scale per
+// row (T = int8_t; Q stays float): the float copies the check reads hold the rounded
+// (dequantized) values, and exact_out is fp32 attention on the values before rounding.
 template <class T>
 struct StoredInputs : Inputs {
+  static constexpr bool kInt8 = std::is_same_v<T, std::int8_t>;
   std::vector<T> q_stored, k_stored, v_stored;
+  std::vector<float> k_scales, v_scales;  // int8 only
   std::vector<float> exact_out;
   StoredInputs(Index q_len_, Index kv_len_, Index q_heads_, Index kv_heads_, Index dim_, bool causal)
       : Inputs(q_len_, kv_len_, q_heads_, kv_heads_, dim_) {
     ak::Attention<ak::Dense, ak::OpenMP<>>(ak::Dense::Options{.causal = causal})(q_view(), k_view(), v_view(),
                                                                                  out_view());
     exact_out = out;
-    for (auto [from, to] : {std::pair{&q, &q_stored}, std::pair{&k, &k_stored}, std::pair{&v, &v_stored}}) {
-      to->resize(from->size());
-      for (std::size_t i = 0; i < from->size(); ++i) {
-        (*to)[i] = T((*from)[i]);
-        (*from)[i] = ak::to_float((*to)[i]);
+    if constexpr (kInt8) {
+      for (auto [from, to, scales] : {std::tuple{&k, &k_stored, &k_scales}, std::tuple{&v, &v_stored, &v_scales}}) {
+        to->resize(from->size());
+        scales->resize(static_cast<std::size_t>(kv_len * kv_heads));
+        const auto values = ak::bshd(to->data(), 1, kv_len, kv_heads, dim);
+        const auto row_scales = ak::thd(scales->data(), 1, kv_len, kv_heads);
+        ak::quantize_kv(ak::bshd(from->data(), 1, kv_len, kv_heads, dim), values, row_scales);
+        for (Index j = 0; j < kv_len; ++j)
+          for (Index h = 0; h < kv_heads; ++h)
+            for (Index d = 0; d < dim; ++d)
+              (*from)[(j * kv_heads + h) * dim + d] = ak::dequantize(row_scales(0, j, h), values(0, j, h, d));
+      }
+    } else {
+      for (auto [from, to] : {std::pair{&q, &q_stored}, std::pair{&k, &k_stored}, std::pair{&v, &v_stored}}) {
+        to->resize(from->size());
+        for (std::size_t i = 0; i < from->size(); ++i) {
+          (*to)[i] = T((*from)[i]);
+          (*from)[i] = ak::to_float((*to)[i]);
+        }
       }
     }
   }
   ak::View<const T, 4> q_t() const { return ak::bshd(q_stored.data(), 1, q_len, q_heads, dim); }
-  ak::View<const T, 4> k_t() const { return ak::bshd(k_stored.data(), 1, kv_len, kv_heads, dim); }
-  ak::View<const T, 4> v_t() const { return ak::bshd(v_stored.data(), 1, kv_len, kv_heads, dim); }
+  // K and V as the kernel takes them: views of T, or QuantizedView.
+  auto k_t() const { return stored(k_stored, k_scales); }
+  auto v_t() const { return stored(v_stored, v_scales); }
+  auto stored(const std::vector<T>& values, const std::vector<float>& scales) const {
+    const ak::View<const T, 4> view = ak::bshd(values.data(), 1, kv_len, kv_heads, dim);
+    if constexpr (kInt8)
+      return ak::QuantizedView{view, ak::thd(scales.data(), 1, kv_len, kv_heads)};
+    else
+      return view;
+  }
   double error_vs_fp32() const {
     double worst = 0;
     for (std::size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::abs(double(out[i]) - exact_out[i]));
@@ -195,17 +232,19 @@ void register_stored(const std::string& name, Index q_len, Index kv_len, Index q
                           const auto k = in.k_t(), v = in.v_t();
                           const auto out = in.out_view();
                           auto call = [&] {
-                            if (q_len > 1)
-                              attn(in.q_t(), k, v, out);
-                            else
-                              attn(in.q_view(), k, v, out);
+                            if constexpr (!StoredInputs<T>::kInt8) {
+                              if (q_len > 1) return attn(in.q_t(), k, v, out);
+                            }
+                            attn(in.q_view(), k, v, out);
                           };
                           call();
                           if (!in.check(state, name, causal)) return;
                           for (auto _ : state) call();
                           const ak::Cost cost = attn.cost(in.q_view(), k, v);
                           set_counters(state, cost);
-                          state.counters["kv_bytes"] = 2.0 * sizeof(T) * kv_len * kv_heads * dim;
+                          const double row_bytes =  // a K or V row, with its scale for int8
+                              double(sizeof(T) * dim) + (StoredInputs<T>::kInt8 ? sizeof(float) : 0);
+                          state.counters["kv_bytes"] = 2.0 * row_bytes * kv_len * kv_heads;
                           state.counters["error"] = in.error_vs_fp32();
                         })
       ->UseRealTime()
@@ -213,17 +252,17 @@ void register_stored(const std::string& name, Index q_len, Index kv_len, Index q
 }
 
 void register_storage_rows() {
+  const ak::Storage types[] = {ak::Storage::bf16, ak::Storage::f16, ak::Storage::i8};
   for (int threads : {1, 2})
-    for (ak::Storage s : {ak::Storage::bf16, ak::Storage::f16}) {
+    for (ak::Storage s : types) {
       const Decode d{32768, 32, 8, 128, threads, s};
-      ak::with_storage_type(s, [&](auto zero) {
+      ak::with_kv_type(s, [&](auto zero) {
         register_stored<decltype(zero)>(d.name(), 1, d.kv_len, d.q_heads, d.kv_heads, d.dim, true, threads);
       });
     }
-  for (ak::Storage s : {ak::Storage::bf16, ak::Storage::f16}) {
+  for (ak::Storage s : types) {
     const std::string name = "prefill N=4096 d=128" + Decode::storage_suffix(s) + " T1";
-    ak::with_storage_type(s,
-                          [&](auto zero) { register_stored<decltype(zero)>(name, 4096, 4096, 8, 8, 128, false, 1); });
+    ak::with_kv_type(s, [&](auto zero) { register_stored<decltype(zero)>(name, 4096, 4096, 8, 8, 128, false, 1); });
   }
 }
 
@@ -233,15 +272,16 @@ void print_storage_table(const ak::bench::CollectingReporter& reporter) {
       "max |out - fp32 attention on the unrounded values|)\n");
   std::printf("%-38s %10s %10s %9s %12s %12s\n", "case", "attnkit ms", "vs fp32", "K+V GB/s", "vs stream", "error");
   for (const std::string& shape : reporter.cases()) {
-    const bool bf16 = shape.find(" bf16") != std::string::npos, fp16 = shape.find(" fp16") != std::string::npos;
-    if (!bf16 && !fp16) continue;
+    std::size_t suffix = std::string::npos;
+    for (const char* type : {" bf16", " fp16", " int8"}) suffix = std::min(suffix, shape.find(type));
+    if (suffix == std::string::npos) continue;
     const auto* ours = reporter.find(shape, "attnkit");
     if (ours == nullptr) {
       std::printf("%-38s %10s\n", shape.c_str(), reporter.absent(shape, "attnkit"));
       continue;
     }
     std::string fp32_shape = shape;
-    fp32_shape.erase(shape.find(bf16 ? " bf16" : " fp16"), 5);
+    fp32_shape.erase(suffix, 5);
     const auto* fp32 = reporter.find(fp32_shape, "attnkit");
     std::printf("%-38s %10.2f", shape.c_str(), ours->seconds * 1e3);
     if (fp32 != nullptr)

@@ -295,3 +295,141 @@ TEST_CASE("dense storage: bad views are errors as for float", "[storage][dense]"
 }
 
 }  // namespace
+
+// ---- int8 K / V with a scale per row -----------------------------------------------------------
+
+namespace {
+
+// A quantized copy of a test tensor (same layout) and the float tensor of its dequantized values.
+struct Quantized {
+  std::vector<std::int8_t> values;
+  std::vector<float> scales;
+  ak::View<std::int8_t, 4> values_view;
+  ak::View<float, 3> scales_view;
+  Tensor4 dequantized;
+  explicit Quantized(const Tensor4& x)
+      : values(x.data.size()),
+        scales(static_cast<std::size_t>(std::max<Index>(x.view.extent(0) * x.view.extent(1) * x.view.extent(2), 1))),
+        values_view(values.data(), x.view.extents(), x.view.strides()),
+        scales_view(
+            ak::View<float, 3>::contiguous(scales.data(), {x.view.extent(0), x.view.extent(1), x.view.extent(2)})),
+        dequantized(x.view.extent(0), x.view.extent(1), x.view.extent(2), x.view.extent(3), Layout::kBshd) {
+    ak::quantize_kv(x.view, values_view, scales_view);
+    const auto& e = x.view.extents();
+    for (Index b = 0; b < e[0]; ++b)
+      for (Index s = 0; s < e[1]; ++s)
+        for (Index h = 0; h < e[2]; ++h)
+          for (Index d = 0; d < e[3]; ++d)
+            dequantized.view(b, s, h, d) = ak::dequantize(scales_view(b, s, h), values_view(b, s, h, d));
+  }
+  ak::QuantizedView view() const { return {values_view, scales_view}; }
+};
+
+}  // namespace
+
+TEST_CASE("quantize_kv: max-abs scale per row, values within half a step, zeros and non-finite rows",
+          "[storage][int8]") {
+  Tensor4 x(2, 5, 3, 40, Layout::kPaddedStrides);
+  x.fill_uniform(7, -3.0f, 3.0f);
+  for (Index d = 0; d < 40; ++d) x.view(0, 1, 2, d) = 0.0f;  // a row of zeros
+  x.view(1, 2, 0, 7) = std::nanf("");                        // a row with a NaN
+  x.view(1, 3, 1, 0) = INFINITY;                             // and one with an infinity
+  const Quantized q(x);
+  for (Index b = 0; b < 2; ++b)
+    for (Index s = 0; s < 5; ++s)
+      for (Index h = 0; h < 3; ++h) {
+        INFO("row " << b << " " << s << " " << h);
+        const float scale = q.scales_view(b, s, h);
+        if ((b == 1 && s == 2 && h == 0) || (b == 1 && s == 3 && h == 1)) {
+          CHECK(std::isnan(scale));
+          continue;
+        }
+        float largest = 0.0f;
+        int largest_value = 0;
+        for (Index d = 0; d < 40; ++d) {
+          largest = std::max(largest, std::abs(x.view(b, s, h, d)));
+          largest_value = std::max(largest_value, std::abs(int(q.values_view(b, s, h, d))));
+          CHECK(std::abs(ak::dequantize(scale, q.values_view(b, s, h, d)) - x.view(b, s, h, d)) <=
+                scale * 0.5f * (1.0f + 1e-5f));
+        }
+        CHECK(scale == largest / 127.0f);
+        CHECK(largest_value == (largest > 0 ? 127 : 0));
+      }
+  std::vector<std::int8_t> small(10);
+  std::vector<float> scales(10);
+  CHECK_THROWS_WITH(ak::quantize_kv(x.view, ak::bshd(small.data(), 1, 5, 2, 1), ak::thd(scales.data(), 1, 5, 2)),
+                    Catch::Contains("values: extent 0 is 1, expected 2"));
+  CHECK_THROWS_WITH(ak::quantize_kv(x.view, q.values_view, ak::View<float, 3>(scales.data(), {2, 5, 2}, {10, 2, 1})),
+                    Catch::Contains("scales: extent 2 is 2, expected 3"));
+}
+
+// int8 Dense gives the bits of float Dense on the dequantized values (each block is dequantized
+// into scratch and read as float rows), and meets the tolerance rule against the references.
+template <class Backend>
+void check_int8_dense(const StorageCase& c, Backend backend) {
+  const Index out_heads = std::max(c.q_heads, c.kv_heads), v_dim = c.v_dim > 0 ? c.v_dim : c.head_dim;
+  Tensor4 q(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout), k(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout),
+      v(c.batch, c.kv_len, c.kv_heads, v_dim, c.layout);
+  q.fill_uniform(c.seed, -2.0f, 2.0f);
+  k.fill_uniform(c.seed + 1, -2.0f, 2.0f);
+  v.fill_uniform(c.seed + 2);
+  const Quantized qk(k), qv(v);
+  const ak::SeqLengths lengths{c.q_lengths, c.kv_lengths};
+  const ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, backend);
+  Tensor4 from_int8(c.batch, c.q_len, out_heads, v_dim, c.layout), from_float = from_int8;
+  from_float.view = ak::View<float, 4>(from_float.data.data(), from_int8.view.extents(), from_int8.view.strides());
+  attn(q.view, qk.view(), qv.view(), from_int8.view, {.lengths = lengths});
+  attn(q.view, qk.dequantized.view, qv.dequantized.view, from_float.view, {.lengths = lengths});
+  CHECK(ak::test::flatten(from_int8.view) == ak::test::flatten(from_float.view));
+
+  const ak::test::ReferenceOutputs reference({c.batch, c.q_len, out_heads, v_dim});
+  const ak::reference::DenseOptions ref{.causal = c.causal};
+  ak::reference::dense<double>(q.view, qk.dequantized.view, qv.dequantized.view, reference.exact, ak::View<double, 3>{},
+                               ref, lengths);
+  ak::reference::dense<float>(q.view, qk.dequantized.view, qv.dequantized.view, reference.naive, ak::View<float, 3>{},
+                              ref, lengths);
+  ak::test::check_exact(from_int8.view, reference);
+}
+
+TEMPLATE_LIST_TEST_CASE("dense with int8 K / V equals dense on the dequantized values and matches the reference",
+                        "[storage][int8][dense]", ak::test::Backends) {
+  for (const auto& [what, c] : storage_cases()) {
+    INFO(what);
+    check_int8_dense(c, ak::test::compile_time_kernels<TestType>());
+  }
+}
+
+TEST_CASE("dense int8 through every compiled ISA variant this CPU runs", "[storage][int8][dense][isa]") {
+  for (ak::Isa isa : {ak::Isa::sse2, ak::Isa::avx2, ak::Isa::avx512}) {
+    if (isa > ak::cpu_isa()) continue;
+    INFO(ak::isa_name(isa));
+    for (const auto& [what, c] : storage_cases()) {
+      INFO(what);
+      check_int8_dense(c, ak::OpenMP<>{.num_threads = 2, .inner = {.isa = isa}});
+    }
+  }
+}
+
+TEST_CASE("dense int8: bad scales are errors naming them", "[storage][int8][dense]") {
+  Tensor4 q(1, 4, 2, 8, Layout::kBshd), k(1, 6, 2, 8, Layout::kBshd), v(1, 6, 2, 8, Layout::kBshd),
+      out(1, 4, 2, 8, Layout::kBshd);
+  q.fill_uniform(1);
+  k.fill_uniform(2);
+  v.fill_uniform(3);
+  const Quantized qk(k), qv(v);
+  const ak::Attention<ak::Dense, ak::Scalar> attn;
+  ak::QuantizedView short_scales = qk.view();
+  short_scales.scales = ak::View<const float, 3>(qk.scales.data(), {1, 5, 2}, qk.scales_view.strides());
+  CHECK_THROWS_WITH(attn(q.view, short_scales, qv.view(), out.view),
+                    Catch::Contains("k.scales: extent 1 is 5, expected 6"));
+  ak::QuantizedView null_scales = qv.view();
+  null_scales.scales = ak::View<const float, 3>(nullptr, {1, 6, 2}, {12, 2, 1});
+  CHECK_THROWS_WITH(attn(q.view, qk.view(), null_scales, out.view), Catch::Contains("v.scales: data is null"));
+  std::vector<float> shared(12 + 64);  // k's scales, then an out that starts inside them
+  std::copy(qk.scales.begin(), qk.scales.begin() + 12, shared.begin());
+  ak::QuantizedView shared_scales = qk.view();
+  shared_scales.scales = ak::View<const float, 3>(shared.data(), {1, 6, 2}, {12, 2, 1});
+  const ak::View<float, 4> over_scales(shared.data() + 8, {1, 4, 2, 8}, {64, 16, 8, 1});
+  CHECK_THROWS_WITH(attn(q.view, shared_scales, qv.view(), over_scales),
+                    Catch::Contains("out: memory overlaps k.scales"));
+}

@@ -6,6 +6,8 @@
 #include "attnkit/backend/cpu.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/quantize.hpp"
+#include "attnkit/core/storage.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"

@@ -116,25 +116,31 @@ constexpr float to_float(float x) { return x; }
 constexpr float to_float(bfloat16 x) { return static_cast<float>(x); }
 constexpr float to_float(float16 x) { return static_cast<float>(x); }
 
-enum class Storage : std::uint8_t { f32, bf16, f16 };
+// i8: symmetric int8 with a float scale per row (QuantizedView); for K and V only.
+enum class Storage : std::uint8_t { f32, bf16, f16, i8 };
 
 template <class T>
 inline constexpr bool is_storage_type_v =
     std::is_same_v<T, float> || std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>;
+// Element types an erased view may hold: the storage types and int8 (quantized K / V values).
+template <class T>
+inline constexpr bool is_erasable_v = is_storage_type_v<T> || std::is_same_v<T, std::int8_t>;
 
 template <class T>
-requires is_storage_type_v<std::remove_const_t<T>>
+requires is_erasable_v<std::remove_const_t<T>>
 constexpr Storage storage_of() {
   using U = std::remove_const_t<T>;
   if constexpr (std::is_same_v<U, bfloat16>)
     return Storage::bf16;
   else if constexpr (std::is_same_v<U, float16>)
     return Storage::f16;
+  else if constexpr (std::is_same_v<U, std::int8_t>)
+    return Storage::i8;
   else
     return Storage::f32;
 }
 
-constexpr std::size_t storage_bytes(Storage s) { return s == Storage::f32 ? 4 : 2; }
+constexpr std::size_t storage_bytes(Storage s) { return s == Storage::f32 ? 4 : s == Storage::i8 ? 1 : 2; }
 
 constexpr const char* storage_name(Storage s) {
   switch (s) {
@@ -142,13 +148,15 @@ constexpr const char* storage_name(Storage s) {
       return "bfloat16";
     case Storage::f16:
       return "float16";
+    case Storage::i8:
+      return "int8";
     case Storage::f32:
       break;
   }
   return "float";
 }
 
-// Calls f(T{}) with the element type of `s`.
+// Calls f(T{}) with the element type of `s`, one of the storage types (not i8).
 template <class F>
 decltype(auto) with_storage_type(Storage s, F&& f) {
   switch (s) {
@@ -157,9 +165,17 @@ decltype(auto) with_storage_type(Storage s, F&& f) {
     case Storage::f16:
       return f(float16{});
     case Storage::f32:
+    case Storage::i8:
       break;
   }
   return f(0.0f);
+}
+
+// The same over every K / V element type, int8 included.
+template <class F>
+decltype(auto) with_kv_type(Storage s, F&& f) {
+  if (s == Storage::i8) return f(std::int8_t{});
+  return with_storage_type(s, f);
 }
 
 // A rank-Rank view of one of the storage types, the type known at run time. Element is void or
@@ -173,7 +189,7 @@ struct ErasedView {
 
   ErasedView() = default;
   template <class T>
-  requires is_storage_type_v<std::remove_const_t<T>> &&
+  requires is_erasable_v<std::remove_const_t<T>> &&
       (std::is_const_v<Element> || !std::is_const_v<T>)ErasedView(const View<T, Rank>& view)  // NOLINT
       : data(view.data()), extents(view.extents()), strides(view.strides()), storage(storage_of<T>()) {}
 

@@ -9,7 +9,8 @@
 //                     type of the launch.
 // Storage types (core/storage.hpp): K and V (one type, a template parameter) are converted to
 // float where they are read (packing, or the in-place micro-kernels' loads); Q rows are converted
-// when they are copied and scaled, output rows when they are written. The math is float.
+// when they are copied and scaled, output rows when they are written. int8 K / V (QuantizedView)
+// are dequantized block by block into float scratch and then read as float rows. The math is float.
 // The mask policy (tile/mask.hpp) gives each row's visible keys; a Blocks policy the key blocks an
 // item visits. Not here: options and validation (mechanism/dense.hpp), the tile pieces (tile/).
 #pragma once
@@ -20,6 +21,7 @@
 #include <limits>
 
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/quantize.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/storage.hpp"
 #include "attnkit/core/view.hpp"
@@ -65,6 +67,7 @@ struct DensePlan {
   Index items = 0;                // sequences * item_groups * chunks * splits
   Index acc_cols = 0;             // v_dim padded to whole value strips: the accumulator row length
   bool stream_keys = false;       // a kv head's rows fit one register tile: K / V rows read in place
+  bool dequantize = false;        // int8 K / V: each block dequantized into scratch first
   std::size_t scratch_bytes = 0;  // per thread (DenseScratch)
 };
 
@@ -78,9 +81,11 @@ inline constexpr Index kSplitKeys = 2048;
 
 void set_plan_layout(DensePlan& plan, const AttentionShape& shape);
 
-inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seqs, const TileGeometry& tile) {
+inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seqs, const TileGeometry& tile,
+                                 Storage kv_storage = Storage::f32) {
   DensePlan plan;
   plan.tile = tile;
+  plan.dequantize = kv_storage == Storage::i8;
   plan.group = shape.heads.group();
   plan.kv_groups = shape.heads.out_heads() / plan.group;
   plan.q_chunk = std::max<Index>(1, rows_per_item(shape.v_dim) / plan.group);
@@ -108,6 +113,8 @@ inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayo
 struct DenseScratch {
   float* packed_k = nullptr;           // (ceil(kv_block / cols), head_dim, cols); none when in place
   float* packed_v = nullptr;           // (ceil(v_dim / cols), kv_block, cols); none when in place
+  float* dequant_k = nullptr;          // (kv_block, head_dim) when plan.dequantize
+  float* dequant_v = nullptr;          // (kv_block, v_dim) when plan.dequantize
   float* scores = nullptr;             // (mr, score_stride)
   float* q_rows = nullptr;             // (rows, head_dim), scaled
   float* acc = nullptr;                // (rows, acc_cols)
@@ -119,6 +126,9 @@ struct DenseScratch {
     DenseScratch s;
     s.packed_k = arena.take<float>(tile::packed_key_floats(packed_keys, shape.head_dim, cols));
     s.packed_v = arena.take<float>(tile::packed_value_floats(packed_keys, shape.v_dim, cols));
+    const Index dequant_keys = plan.dequantize ? plan.kv_block : 0;
+    s.dequant_k = arena.take<float>(dequant_keys * shape.head_dim);
+    s.dequant_v = arena.take<float>(dequant_keys * shape.v_dim);
     s.scores = arena.take<float>(plan.tile.mr * plan.score_stride);
     s.q_rows = arena.take<float>(plan.rows * shape.head_dim);
     s.acc = arena.take<float>(plan.rows * plan.acc_cols);
@@ -167,12 +177,15 @@ inline std::size_t dense_workspace_bytes(const DensePlan& plan, int slots) {
 template <class V, class Mask, class Blocks = AllKeyBlocks, class KV = float>
 class DenseKernel {
   using Tile = RegisterTile<V>;
+  static constexpr bool kQuantized = std::is_same_v<KV, std::int8_t>;
+  using Rows = std::conditional_t<kQuantized, float, KV>;  // what the tile code reads K / V rows as
 
  public:
   DenseKernel(const ErasedView<const void, 4>& q, const View<const KV, 4>& k, const View<const KV, 4>& v,
               const ErasedView<void, 4>& out, const View<float, 3>& lse, const AttentionShape& shape,
               const SequenceLayout& seqs, const DensePlan& plan, float scale, void* workspace, int slots,
-              Mask mask = {}, Blocks blocks = {})
+              Mask mask = {}, Blocks blocks = {}, const View<const float, 3>& k_scales = {},
+              const View<const float, 3>& v_scales = {})
       : q_(q),
         k_(k),
         v_(v),
@@ -184,7 +197,11 @@ class DenseKernel {
         scale_(scale),
         mask_(mask),
         blocks_(blocks),
+        k_scales_(k_scales),
+        v_scales_(v_scales),
         arena_(workspace, dense_workspace_bytes(plan, slots)) {
+    ATTNKIT_CHECK(plan.dequantize == kQuantized,
+                  "dense kernel: plan and kernel disagree on int8 K / V (internal error)");
     ATTNKIT_CHECK(plan.tile == Tile::geometry, "dense kernel: plan made for a ", plan.tile.mr, " x ", plan.tile.cols(),
                   " tile, kernel runs ", Tile::mr, " x ", Tile::cols, " (internal error)");
     workspace_ = DenseWorkspace::carve(arena_, plan, slots);
@@ -238,13 +255,35 @@ class DenseKernel {
     const Index key_end = std::min({seq.kv_len, split_begin + plan_.split_keys, seen.end});
 
     const Index lds = plan_.score_stride;
-    const Index ldk = k_.stride(1), ldv = v_.stride(1);
     blocks_.for_each(
         seq_index, first_group * plan_.group, chunk, key_begin, key_end, plan_.kv_block, [&](Index block, Index keys) {
           for (Index g = 0; g < plan_.groups_per_item; ++g) {
             const Index kv_head = shape_.heads.kv_head((first_group + g) * plan_.group);
-            const KV* k_block = k_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, head_dim), ldk
-            const KV* v_block = v_.at(seq.batch, seq.kv_begin + block, kv_head, 0);  // (keys, v_dim), ldv
+            const Index first_key = seq.kv_begin + block;
+            // In place (decode): request this kv head's next block of K / V rows while this one
+            // is used; its rows sit in pages of their own (one row per position), where the
+            // hardware prefetchers do not follow.
+            if (plan_.stream_keys && block + keys < key_end) {
+              const Index ahead = std::min(plan_.kv_block, key_end - block - keys);
+              tile::prefetch_rows(k_.at(seq.batch, first_key + keys, kv_head, 0), k_.stride(1), ahead, shape_.head_dim);
+              tile::prefetch_rows(v_.at(seq.batch, first_key + keys, kv_head, 0), v_.stride(1), ahead, shape_.v_dim);
+            }
+            const Rows* k_block = nullptr;  // (keys, head_dim), rows ldk apart
+            const Rows* v_block = nullptr;  // (keys, v_dim), rows ldv apart
+            Index ldk = 0, ldv = 0;
+            if constexpr (kQuantized) {
+              dequantize_rows(k_, k_scales_, seq.batch, first_key, kv_head, keys, scratch.dequant_k);
+              dequantize_rows(v_, v_scales_, seq.batch, first_key, kv_head, keys, scratch.dequant_v);
+              k_block = scratch.dequant_k;
+              v_block = scratch.dequant_v;
+              ldk = shape_.head_dim;
+              ldv = shape_.v_dim;
+            } else {
+              k_block = k_.at(seq.batch, first_key, kv_head, 0);
+              v_block = v_.at(seq.batch, first_key, kv_head, 0);
+              ldk = k_.stride(1);
+              ldv = v_.stride(1);
+            }
             int values_finite = -1;  // the block's values are all finite (1), not (0), not looked at (-1)
             if (!plan_.stream_keys) {
               tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k);
@@ -358,6 +397,18 @@ class DenseKernel {
       }
   }
 
+  // dst (keys, dim) = the rows [first, first + keys) of head h of int8 x, times their scales.
+  static void dequantize_rows(const View<const KV, 4>& x, const View<const float, 3>& scales, Index b, Index first,
+                              Index h, Index keys, float* dst) {
+    const Index dim = x.extent(3);
+    for (Index j = 0; j < keys; ++j) {
+      const KV* row = x.at(b, first + j, h, 0);
+      const float scale = scales(b, first + j, h);
+      float* out = dst + j * dim;
+      for (Index d = 0; d < dim; ++d) out[d] = dequantize(scale, row[d]);
+    }
+  }
+
   // Address of row (b, s, h) of an erased view: its element 0 along the last axis.
   template <class E>
   static E* element(const ErasedView<E, 4>& x, Index b, Index s, Index h) {
@@ -376,6 +427,7 @@ class DenseKernel {
   float scale_;
   Mask mask_;
   Blocks blocks_;
+  View<const float, 3> k_scales_, v_scales_;  // int8 K / V only
   Arena arena_;  // the whole workspace; its guards (sanitize builds) are checked when the kernel ends
   DenseWorkspace workspace_;
 };
@@ -385,7 +437,8 @@ class DenseKernel {
 struct DenseLaunch {
   ErasedView<const void, 4> q, k, v;  // k and v of one storage type
   ErasedView<void, 4> out;
-  View<float, 3> lse;  // empty: none
+  View<const float, 3> k_scales, v_scales;  // int8 k and v only
+  View<float, 3> lse;                       // empty: none
   AttentionShape shape;
   SequenceLayout seqs;
   DensePlan plan;
@@ -398,11 +451,11 @@ struct DenseLaunch {
 template <class V, class Backend, class Mask, class Blocks = AllKeyBlocks>
 void run_dense_kernel(const Backend& backend, const DenseLaunch& call, Mask mask, Blocks blocks = {}) {
   if (call.plan.items == 0) return;
-  with_storage_type(call.k.storage, [&](auto zero) {
+  with_kv_type(call.k.storage, [&](auto zero) {
     using KV = decltype(zero);
     const DenseKernel<V, Mask, Blocks, KV> kernel(call.q, call.k.as<KV>(), call.v.as<KV>(), call.out, call.lse,
                                                   call.shape, call.seqs, call.plan, call.scale, call.workspace,
-                                                  backend.threads(), mask, blocks);
+                                                  backend.threads(), mask, blocks, call.k_scales, call.v_scales);
     backend.parallel_for(call.plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
     if (call.plan.splits > 1)
       backend.parallel_for(kernel.merge_items(), [&](Index item, int slot) { kernel.merge_item(item, slot); });

@@ -14,8 +14,9 @@
 // log-sum-exp. Every tiling decision depends on the shape only,
 // so all backends and thread counts give the same bits. The key blocks an item visits come from a
 // Blocks policy: all of them here, the listed ones for the block-sparse mechanism.
-// Storage: Q, K, V and out may each be float, bfloat16 or float16 (K and V of one type); the
-// math is float (products and softmax), stored values converted where they are read.
+// Storage: Q, K, V and out may each be float, bfloat16 or float16 (K and V of one type), or K and
+// V int8 with a scale per row (QuantizedView, padded inputs); the math is float (products and
+// softmax), stored values converted where they are read.
 // Not here: the tile pieces themselves (tile/), the reference (reference/dense.hpp).
 #pragma once
 
@@ -29,6 +30,7 @@
 #include "attnkit/backend/backend.hpp"
 #include "attnkit/core/cost.hpp"
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/quantize.hpp"
 #include "attnkit/core/scale.hpp"
 #include "attnkit/core/shape.hpp"
 #include "attnkit/core/storage.hpp"
@@ -113,8 +115,8 @@ class Attention<Dense, Backend> {
                                                                     const View<V, 4>& v, const Args& args = {})
   const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
-    return workspace_of(
-        detail::make_dense_plan(shape, SequenceLayout::padded(shape, args.lengths), detail::dense_geometry(backend_)));
+    return workspace_of(detail::make_dense_plan(shape, SequenceLayout::padded(shape, args.lengths),
+                                                detail::dense_geometry(backend_), storage_of<K>()));
   }
   template <class Q, class K, class V, class O>
   requires DenseStorage<Q, K, V, O>
@@ -126,6 +128,40 @@ class Attention<Dense, Backend> {
     detail::zero_rows_past_lengths(out, seqs, args.lse);
     run(View<const std::remove_const_t<Q>, 4>(q), View<const std::remove_const_t<K>, 4>(k),
         View<const std::remove_const_t<V>, 4>(v), out, args, shape, seqs);
+  }
+
+  // Padded inputs with int8 K and V (values (B, Lk, Hkv, D), scales (B, Lk, Hkv); see
+  // core/quantize.hpp): as above on the dequantized values.
+  template <class Q>
+  requires DenseStorage<Q, float, float, float> Cost cost(const View<Q, 4>& q, const QuantizedView& k,
+                                                          const QuantizedView& v, const Args& args = {})
+  const {
+    const AttentionShape shape = attention_shape(q, k.values, v.values, nullptr);
+    Cost cost = cost_of(shape, SequenceLayout::padded(shape, args.lengths), Storage::i8);
+    cost.bytes += 2.0 * sizeof(float) * static_cast<double>(k.scales.size());
+    return cost;
+  }
+  template <class Q>
+  requires DenseStorage<Q, float, float, float> std::size_t workspace_bytes(const View<Q, 4>& q, const QuantizedView& k,
+                                                                            const QuantizedView& v,
+                                                                            const Args& args = {})
+  const {
+    const AttentionShape shape = attention_shape(q, k.values, v.values, nullptr);
+    return workspace_of(detail::make_dense_plan(shape, SequenceLayout::padded(shape, args.lengths),
+                                                detail::dense_geometry(backend_), Storage::i8));
+  }
+  template <class Q, class O>
+  requires DenseStorage<Q, float, float, O>
+  void operator()(const View<Q, 4>& q, const QuantizedView& k, const QuantizedView& v, const View<O, 4>& out,
+                  const Args& args = {}) const {
+    detail::check_quantized(k, "k", "k.scales");
+    detail::check_quantized(v, "v", "v.scales");
+    const AttentionShape shape = attention_shape(q, k.values, v.values, &out);
+    check_output_view(out, "out", {memory_range(k.scales, "k.scales"), memory_range(v.scales, "v.scales")});
+    const SequenceLayout seqs = SequenceLayout::padded(shape, args.lengths);
+    check_lse(args.lse, shape.batch, shape.q_len, shape, {q, k.values, v.values, out});
+    detail::zero_rows_past_lengths(out, seqs, args.lse);
+    run(View<const std::remove_const_t<Q>, 4>(q), k.values, v.values, out, args, shape, seqs, k.scales, v.scales);
   }
 
   // Packed inputs: q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv) -> out (Tq, Ho, Dv), sequences
@@ -142,7 +178,7 @@ class Attention<Dense, Backend> {
                                                                     const View<V, 3>& v, const CuSeqlens& cu)
   const {
     const auto [shape, seqs] = packed_shape(q, k, v, cu, static_cast<const View<float, 4>*>(nullptr));
-    return workspace_of(detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_)));
+    return workspace_of(detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_), storage_of<K>()));
   }
   template <class Q, class K, class V, class O>
   requires DenseStorage<Q, K, V, O>
@@ -240,21 +276,23 @@ class Attention<Dense, Backend> {
   }
 
   void run(const ErasedView<const void, 4>& q, const ErasedView<const void, 4>& k, const ErasedView<const void, 4>& v,
-           const ErasedView<void, 4>& out, const Args& args, const AttentionShape& shape,
-           const SequenceLayout& seqs) const {
-    const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_));
+           const ErasedView<void, 4>& out, const Args& args, const AttentionShape& shape, const SequenceLayout& seqs,
+           const View<const float, 3>& k_scales = {}, const View<const float, 3>& v_scales = {}) const {
+    const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_), k.storage);
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
-    const detail::DenseLaunch launch{q,
-                                     k,
-                                     v,
-                                     out,
-                                     args.lse,
-                                     shape,
-                                     seqs,
-                                     plan,
-                                     detail::scale_or_default(options_.scale, shape.head_dim),
-                                     workspace.data()};
+    const detail::DenseLaunch launch{.q = q,
+                                     .k = k,
+                                     .v = v,
+                                     .out = out,
+                                     .k_scales = k_scales,
+                                     .v_scales = v_scales,
+                                     .lse = args.lse,
+                                     .shape = shape,
+                                     .seqs = seqs,
+                                     .plan = plan,
+                                     .scale = detail::scale_or_default(options_.scale, shape.head_dim),
+                                     .workspace = workspace.data()};
     with_mask([&](auto mask) { detail::run_dense(backend_, launch, mask); });
   }
 
