@@ -133,6 +133,31 @@ TEMPLATE_LIST_TEST_CASE("vector loads of bfloat16 and float16 convert exactly", 
   check_loads<ak::Wide<V, 2>, ak::float16>();
 }
 
+// transpose_sum (the decode kernel's reduction): lane i is the sum of row i's lanes.
+template <class V>
+void check_transpose_sum() {
+  using Ops = ak::VecOps<V>;
+  constexpr int W = Ops::width;
+  std::vector<float> values(W * W);
+  for (int i = 0; i < W * W; ++i) values[i] = static_cast<float>((i * 37) % 101) - 50.0f;  // small integers: exact sums
+  std::vector<V> rows(W);
+  for (int i = 0; i < W; ++i) rows[i] = Ops::load(values.data() + i * W);
+  std::vector<float> lanes(W);
+  Ops::store(lanes.data(), Ops::transpose_sum(rows.data()));
+  for (int i = 0; i < W; ++i) {
+    float expected = 0;
+    for (int l = 0; l < W; ++l) expected += values[i * W + l];
+    INFO("width " << W << " lane " << i);
+    CHECK(lanes[i] == expected);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("transpose_sum puts the sum of row i in lane i", "[storage][isa]", ak::test::Backends) {
+  using V = ak::vector_t<TestType>;
+  check_transpose_sum<V>();
+  check_transpose_sum<ak::Wide<V, 2>>();
+}
+
 // ---- Attention<Dense> on stored values --------------------------------------------------------
 
 // A copy of a test tensor in storage type T, same layout (padding stays NaN).

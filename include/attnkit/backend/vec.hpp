@@ -1,7 +1,8 @@
 // Vector primitives over the backends' vector types, so one kernel template serves Scalar (V =
 // float, plain loops), Simd (V = xsimd::batch<float, Arch>) and emulated wide vectors (wide.hpp).
 // VecOps<V> gives width, register count, load / store / broadcast / fma / max / min, log1p, a
-// select on x > threshold, horizontal sum and max, and the lanes that are > 0 as bits. Kernels use
+// select on x > threshold, horizontal sum and max (and the sums of `width` vectors at once), and
+// the lanes that are > 0 as bits. Kernels use
 // these (and V's arithmetic operators) only, never xsimd directly. exp lives in exp.hpp.
 // NaN: max(a, b) and min(a, b) are std::max / std::min lane by lane on every V: b when it is
 // strictly larger (smaller), else a, so a NaN in b is skipped and a NaN in a is kept (fold a
@@ -47,6 +48,7 @@ struct VecOps<float> {
     return x > threshold ? if_greater : otherwise;
   }
   static float sum(float x) { return x; }
+  static float transpose_sum(const float* rows) { return rows[0]; }
   static float reduce_max(float x) { return std::isnan(x) ? -std::numeric_limits<float>::infinity() : x; }
   static std::uint32_t positive_lanes(float x) { return x > 0.0f ? 1u : 0u; }
 };
@@ -122,6 +124,30 @@ struct VecOps<xsimd::batch<float, Arch>> {
     return xsimd::select(x > V(threshold), if_greater, otherwise);
   }
   static float sum(const V& x) { return xsimd::hadd(x); }
+  // Lane i = the sum of rows[i]'s lanes, for `width` rows: one transpose-and-add.
+  // AVX-512: each row's halves added, then AVX's haddp on each half of the rows (xsimd 8.1's
+  // AVX-512 haddp returns the sums in a permuted lane order).
+  static V transpose_sum(const V* rows) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+      using Half = xsimd::batch<float, xsimd::avx>;
+      Half low[8], high[8];
+      for (int i = 0; i < 8; ++i) {
+        low[i] = folded_halves(rows[i]);
+        high[i] = folded_halves(rows[8 + i]);
+      }
+      const __m256 a = xsimd::haddp(low), b = xsimd::haddp(high);
+      return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+    }
+#endif
+    return xsimd::haddp(rows);
+  }
+#if defined(__AVX512F__)
+  static __m256 folded_halves(const V& x) {
+    const __m512 z = x;
+    return _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+  }
+#endif
   static float reduce_max(const V& x) {
     alignas(64) float lanes[width];
     x.store_aligned(lanes);

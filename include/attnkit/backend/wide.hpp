@@ -100,6 +100,21 @@ struct VecOps<Wide<B, N>> {
     for (int i = 0; i < N; ++i) total += Part::sum(x.part[i]);
     return total;
   }
+  // Lane i (part i / PW, lane i % PW) = the sum of rows[i]: each row's parts added, then the
+  // part type's transpose-and-add over PW rows at a time.
+  static V transpose_sum(const V* rows) {
+    constexpr int PW = Part::width;
+    V r;
+    for (int p = 0; p < N; ++p) {
+      B folded[PW];
+      for (int l = 0; l < PW; ++l) {
+        folded[l] = rows[p * PW + l].part[0];
+        for (int i = 1; i < N; ++i) folded[l] = folded[l] + rows[p * PW + l].part[i];
+      }
+      r.part[p] = Part::transpose_sum(folded);
+    }
+    return r;
+  }
   static float reduce_max(const V& x) {
     float best = Part::reduce_max(x.part[0]);  // parts skip NaN lanes, so best is never NaN
     for (int i = 1; i < N; ++i) best = std::max(best, Part::reduce_max(x.part[i]));

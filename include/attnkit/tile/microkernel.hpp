@@ -52,13 +52,41 @@ inline void score_block(const float* const* q_rows, const float* packed_k, Index
 // s[r][j] = Σ_d q_rows[r][d] · k[j][d] for j < keys; k rows `ldk` apart, read in place (and
 // converted to float when KV is a reduced-precision storage type), two keys at a time.
 // q_rows: MR pointers to (head_dim) rows; s: (MR, lds).
+// Keys go G at a time with G = W / MR: the MR x G dot products of a group end in one
+// transpose-and-add of W accumulators (a horizontal sum each would cost more than the FMAs of a
+// short row); the last keys of a block, and tiles of more rows than lanes, two keys at a time.
 template <class V, int MR, class KV>
 inline void score_rows_in_place(const float* const* q_rows, const KV* k, Index ldk, Index keys, Index head_dim,
                                 float* s, Index lds) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
+  constexpr int G = MR <= W ? W / MR : 1;
   const Index vector_dims = head_dim / W * W;
-  for (Index j = 0; j < keys; j += 2) {
+  Index j = 0;
+  if constexpr (W > 1 && MR <= W) {
+    for (; j + G <= keys; j += G) {
+      V acc[W];  // acc[r * G + c]: row r, key j + c; the rest stay zero
+      for (int i = 0; i < W; ++i) acc[i] = Ops::zero();
+      for (Index d = 0; d < vector_dims; d += W) {
+        V q[MR];
+        for (int r = 0; r < MR; ++r) q[r] = Ops::load(q_rows[r] + d);
+        for (int c = 0; c < G; ++c) {
+          const V kc = Ops::load(k + (j + c) * ldk + d);
+          for (int r = 0; r < MR; ++r) acc[r * G + c] = Ops::fma(q[r], kc, acc[r * G + c]);
+        }
+      }
+      alignas(64) float dots[W];
+      Ops::store(dots, Ops::transpose_sum(acc));
+      for (int r = 0; r < MR; ++r)
+        for (int c = 0; c < G; ++c) {
+          float dot = dots[r * G + c];
+          const KV* kc = k + (j + c) * ldk;
+          for (Index d = vector_dims; d < head_dim; ++d) dot += q_rows[r][d] * to_float(kc[d]);
+          s[r * lds + j + c] = dot;
+        }
+    }
+  }
+  for (; j < keys; j += 2) {
     const KV* k0 = k + j * ldk;
     const KV* k1 = j + 1 < keys ? k0 + ldk : k0;
     V acc0[MR], acc1[MR];
