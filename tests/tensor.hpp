@@ -59,6 +59,16 @@ struct Tensor4 {
     view = View<float, 4>(data.data(), {b, s, h, d}, strides);
   }
 
+  // A copy owns its own buffer and views it with the same extents and strides.
+  Tensor4(const Tensor4& other) : data(other.data), view(data.data(), other.view.extents(), other.view.strides()) {}
+  Tensor4& operator=(const Tensor4& other) {
+    data = other.data;
+    view = View<float, 4>(data.data(), other.view.extents(), other.view.strides());
+    return *this;
+  }
+  Tensor4(Tensor4&&) = default;
+  Tensor4& operator=(Tensor4&&) = default;
+
   // Elements of distinct memory (one batch entry of a broadcast batch), in logical order.
   Index distinct_elements() const {
     const Index batches = view.stride(0) == 0 ? std::min<Index>(view.extent(0), 1) : view.extent(0);
