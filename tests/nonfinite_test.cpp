@@ -122,7 +122,7 @@ struct Qkv {
   }
 };
 
-enum class Target { kQ, kK, kV, kHuge };
+enum class Target { kQ, kK, kV, kHuge, kHugeQuery };
 struct Injection {
   const char* what;
   Target target;
@@ -135,6 +135,9 @@ constexpr Injection kInjections[] = {
 };
 // A query row and a key row of 3e19 (head 0): their score overflows float, no other one does.
 constexpr Injection kHuge{"huge finite query and key rows (score past FLT_MAX)", Target::kHuge, 3e19f};
+// Four query elements of 1e38 against a key with ones there (default scale 1 / sqrt(head_dim)):
+// q . k = 4e38 overflows, (scale q) . k does not. A score is (scale q) . k (README, Conventions).
+constexpr Injection kHugeQuery{"a huge query whose unscaled product with a key overflows", Target::kHugeQuery, 1e38f};
 
 // Rows the values go in: batch entry b, query row q_row, key row k_row, value row v_row (each
 // clamped to its length), element 3 of the row (or the last), head 0.
@@ -162,6 +165,12 @@ void inject(Qkv& in, const Injection& injection, const Place& at = {}) {
         in.k.view(b, row(in.k, at.k_row), 0, d) = injection.value;
       }
       break;
+    case Target::kHugeQuery:
+      for (Index d = 0; d < std::min<Index>(4, in.q.view.extent(3)); ++d) {
+        in.q.view(b, row(in.q, at.q_row), 0, d) = injection.value;
+        in.k.view(b, row(in.k, at.k_row), 0, d) = 1.0f;
+      }
+      break;
   }
 }
 
@@ -182,7 +191,7 @@ Outputs run_qkv(const Shape& s, const Qkv& in, const KernelRun& kernel, const Tw
   return o;
 }
 
-// Every injection (and, for mechanisms with q·k scores, the huge one) on one shape.
+// Every injection (and, for mechanisms with q·k scores, the huge ones) on one shape.
 void check_injections(const Shape& s, const KernelRun& kernel, const TwinRun& twin, bool scores = true,
                       const Place& at = {}) {
   for (const Injection& injection : kInjections) {
@@ -191,12 +200,13 @@ void check_injections(const Shape& s, const KernelRun& kernel, const TwinRun& tw
     inject(in, injection, at);
     check_nonfinite(run_qkv(s, in, kernel, twin));
   }
-  if (scores) {
-    INFO(kHuge.what);
-    Qkv in(s);
-    inject(in, kHuge, at);
-    check_nonfinite(run_qkv(s, in, kernel, twin), Oracle::kFloat);
-  }
+  if (scores)
+    for (const Injection& injection : {kHuge, kHugeQuery}) {
+      INFO(injection.what);
+      Qkv in(s);
+      inject(in, injection, at);
+      check_nonfinite(run_qkv(s, in, kernel, twin), Oracle::kFloat);
+    }
 }
 
 ak::View<const float, 4> c4(const Tensor4& t) { return t.view; }

@@ -62,8 +62,8 @@ void combiner_fixed(const View<const float, 4>& q, const View<const float, 4>& k
         Acc max = neg_inf, total = 0;
         for (Index j = begin; j < end; ++j) {
           Acc dot = 0;
-          for (Index d = 0; d < head_dim; ++d) dot += qbar[d] * static_cast<Acc>(k(b, j, kh, d));
-          max = std::max(max, logits[j - begin] = scale * dot);
+          for (Index d = 0; d < head_dim; ++d) dot += scale * qbar[d] * static_cast<Acc>(k(b, j, kh, d));
+          max = std::max(max, logits[j - begin] = dot);
         }
         for (Acc& x : logits) total += x = std::exp(x - max);
         for (Index d = 0; d < v_dim; ++d) {
@@ -80,16 +80,17 @@ void combiner_fixed(const View<const float, 4>& q, const View<const float, 4>& k
         for (Index j = begin; j < (options.causal ? i + 1 : end); ++j) {
           Acc dot = 0;
           for (Index d = 0; d < head_dim; ++d)
-            dot += static_cast<Acc>(q(b, i, qh, d)) * static_cast<Acc>(k(b, j, kh, d));
-          logits.push_back(scale * dot);
+            dot += scale * static_cast<Acc>(q(b, i, qh, d)) * static_cast<Acc>(k(b, j, kh, d));
+          logits.push_back(dot);
           values.push_back(nullptr);
           keys.push_back(j);
         }
         for (Index r = 0; r < (options.causal ? t : segments); ++r) {
           if (r == t) continue;
           Acc dot = 0;
-          for (Index d = 0; d < head_dim; ++d) dot += static_cast<Acc>(q(b, i, qh, d)) * span_k[r * head_dim + d];
-          logits.push_back(scale * dot);
+          for (Index d = 0; d < head_dim; ++d)
+            dot += scale * static_cast<Acc>(q(b, i, qh, d)) * span_k[r * head_dim + d];
+          logits.push_back(dot);
           values.push_back(&span_v[r * v_dim]);
           keys.push_back(-1);
         }
@@ -132,8 +133,8 @@ void combiner_span(const View<const float, 4>& q, const View<const float, 4>& k,
   Acc max = neg_inf, total = 0;
   for (Index j = begin; j < end; ++j) {
     Acc dot = 0;
-    for (Index d = 0; d < head_dim; ++d) dot += qbar[d] * static_cast<Acc>(k(b, j, kh, d));
-    logits.push_back(scale * dot);
+    for (Index d = 0; d < head_dim; ++d) dot += scale * qbar[d] * static_cast<Acc>(k(b, j, kh, d));
+    logits.push_back(dot);
     max = std::max(max, logits.back());
   }
   for (Acc& x : logits) total += x = std::exp(x - max);
@@ -183,8 +184,8 @@ void combiner_logsparse(const View<const float, 4>& q, const View<const float, 4
         for (const auto& [begin, end] : blocks) {
           combiner_span<Acc>(q, k, v, b, qh, kh, begin, end, scale, key, value);
           Acc dot = 0;
-          for (Index d = 0; d < head_dim; ++d) dot += static_cast<Acc>(q(b, i, qh, d)) * key[d];
-          logits.push_back(scale * dot);
+          for (Index d = 0; d < head_dim; ++d) dot += scale * static_cast<Acc>(q(b, i, qh, d)) * key[d];
+          logits.push_back(dot);
           values.push_back(value);
           max = std::max(max, logits.back());
         }

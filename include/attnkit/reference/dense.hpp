@@ -2,7 +2,7 @@
 // reference; float gives the "straightforward float implementation" the tests' tolerance rule
 // compares against). No SIMD, no threads, no tiling; written from the definition, sharing no code
 // with the kernel but the views and sequence bookkeeping.
-//   out[b, i, o] = Σ_j softmax_j(scale · q[b, i, qh(o)] · k[b, j, kh(o)]) v[b, j, kh(o)]
+//   out[b, i, o] = Σ_j softmax_j((scale · q[b, i, qh(o)]) · k[b, j, kh(o)]) v[b, j, kh(o)]
 //   over keys j visible to query i (causal: j <= i + kv_len - q_len); no visible key: zeros and
 //   log-sum-exp -inf (decided by the count of visible keys); inputs of a storage type are read as
 //   the values they stand for (to_float). Plain IEEE arithmetic otherwise: a
@@ -48,9 +48,9 @@ void dense(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v, cons
         for (Index j = 0; j < visible; ++j) {
           Acc dot = 0;
           for (Index d = 0; d < head_dim; ++d)
-            dot += static_cast<Acc>(to_float(q(seq.batch, row, qh, d))) *
+            dot += scale * static_cast<Acc>(to_float(q(seq.batch, row, qh, d))) *
                    static_cast<Acc>(to_float(k(seq.batch, seq.kv_begin + j, kh, d)));
-          logits[j] = scale * dot;
+          logits[j] = dot;
           max = std::max(max, logits[j]);
         }
         Acc sum = 0;

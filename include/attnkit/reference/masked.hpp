@@ -2,7 +2,7 @@
 // and XAttention kernels are tested against. Obvious loops, accumulation in Acc (double for the
 // reference, float for the "straightforward float implementation" of the tolerance rule), no
 // SIMD, no threads, no tiling, sharing no code with the kernels.
-//   out[b, i, o] = Σ_j softmax_j(scale · q[b, i, qh(o)] · k[b, j, kh(o)]) v[b, j, kh(o)]
+//   out[b, i, o] = Σ_j softmax_j((scale · q[b, i, qh(o)]) · k[b, j, kh(o)]) v[b, j, kh(o)]
 //   over the keys j with allowed(b, o, i, j); a row with no allowed key is zeros. Plain IEEE
 //   arithmetic otherwise: a NaN or +inf score, or all allowed scores -inf, make the row NaN; the
 //   values of keys that are not allowed never enter it.
@@ -42,8 +42,8 @@ void masked(const View<const float, 4>& q, const View<const float, 4>& k, const 
           ++visible;
           Acc dot = 0;
           for (Index d = 0; d < head_dim; ++d)
-            dot += static_cast<Acc>(q(b, i, qh, d)) * static_cast<Acc>(k(b, j, kh, d));
-          logits[j] = scale * dot;
+            dot += scale * static_cast<Acc>(q(b, i, qh, d)) * static_cast<Acc>(k(b, j, kh, d));
+          logits[j] = dot;
           max = std::max(max, logits[j]);
         }
         Acc sum = 0;

@@ -3,7 +3,7 @@
 // implementation of the tolerance rule). No SIMD, no threads. Takes the sample indices explicitly.
 //   U = min(L_K, max(1, c · ceil(ln L_K))), u = min(L_Q, max(1, c · ceil(ln L_Q)));
 //   M(q_i) = max_s q_i·k_{idx[i,s]} - Σ_s q_i·k_{idx[i,s]} / L_K; the u largest (ties: lower i;
-//   a NaN M ranks above every number) get softmax(scale · q_i Kᵀ) V over visible keys (causal:
+//   a NaN M ranks above every number) get softmax((scale · q_i) Kᵀ) V over visible keys (causal:
 //   j <= i + L_K - L_Q); the others get mean(V) (non-causal) or the mean / sum of the values they
 //   see (causal); no key: zeros.
 #pragma once
@@ -42,9 +42,11 @@ void probsparse(const View<const float, 4>& q, const View<const float, 4>& k, co
     return std::min(std::max<Index>(c, 1), len);
   };
   const Index n_samples = count(kv_len), n_top = count(q_len);
-  auto dot = [&](Index b, Index i, Index qh, Index j, Index kh) {
+  // (query_scale q_i) . k_j, the query scaled first as the kernels do (1 for the sparsity).
+  auto dot = [&](Index b, Index i, Index qh, Index j, Index kh, Acc query_scale) {
     Acc sum = 0;
-    for (Index d = 0; d < head_dim; ++d) sum += static_cast<Acc>(q(b, i, qh, d)) * static_cast<Acc>(k(b, j, kh, d));
+    for (Index d = 0; d < head_dim; ++d)
+      sum += query_scale * static_cast<Acc>(q(b, i, qh, d)) * static_cast<Acc>(k(b, j, kh, d));
     return sum;
   };
   auto visible = [&](Index i) -> Index {
@@ -70,7 +72,7 @@ void probsparse(const View<const float, 4>& q, const View<const float, 4>& k, co
       for (Index i = 0; i < q_len; ++i) {
         Acc max = -std::numeric_limits<Acc>::infinity(), sum = 0;
         for (Index s = 0; s < n_samples; ++s) {
-          const Acc x = dot(b, i, qh, samples[i * n_samples + s], kh);
+          const Acc x = dot(b, i, qh, samples[i * n_samples + s], kh, Acc(1));
           max = std::max(max, x);
           sum += x;
         }
@@ -86,7 +88,7 @@ void probsparse(const View<const float, 4>& q, const View<const float, 4>& k, co
         const Index i = order[t], seen = visible(i);
         logits.assign(static_cast<std::size_t>(seen), Acc(0));
         Acc max = -std::numeric_limits<Acc>::infinity(), total = 0;
-        for (Index j = 0; j < seen; ++j) max = std::max(max, logits[j] = scale * dot(b, i, qh, j, kh));
+        for (Index j = 0; j < seen; ++j) max = std::max(max, logits[j] = dot(b, i, qh, j, kh, scale));
         for (Index j = 0; j < seen; ++j) total += logits[j] = std::exp(logits[j] - max);
         for (Index d = 0; d < v_dim; ++d) {
           Acc acc = 0;

@@ -51,9 +51,10 @@ std::vector<Acc> xattention_scores(const View<const float, 4>& q, const View<con
             const Index i = r * s + s - 1 - t, j = c * s + t;
             if (i >= q_len || j >= kv_len) continue;
             for (Index d = 0; d < dim; ++d)
-              dot += static_cast<Acc>(q(b, i, heads.q_head(h), d)) * static_cast<Acc>(k(b, j, heads.kv_head(h), d));
+              dot += scale * static_cast<Acc>(q(b, i, heads.q_head(h), d)) *
+                     static_cast<Acc>(k(b, j, heads.kv_head(h), d));
           }
-          logits[c] = dot * scale;
+          logits[c] = dot;
           max = std::max(max, logits[c]);
         }
         Acc sum = 0;
