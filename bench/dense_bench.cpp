@@ -223,12 +223,12 @@ void register_decode(const Decode& d) {
 // engine's new query comes from a float projection).
 template <class T>
 void register_stored(const std::string& name, Index q_len, Index kv_len, Index q_heads, Index kv_heads, Index dim,
-                     bool causal, int threads) {
+                     bool causal, int threads, ak::Dense::Bf16Products products = ak::Dense::Bf16Products::convert) {
   bm::RegisterBenchmark(("attnkit/" + name).c_str(),
                         [=](bm::State& state) {
                           StoredInputs<T> in(q_len, kv_len, q_heads, kv_heads, dim, causal);
-                          const ak::Attention<ak::Dense, ak::OpenMP<>> attn(ak::Dense::Options{.causal = causal},
-                                                                            ak::OpenMP<>{threads});
+                          const ak::Attention<ak::Dense, ak::OpenMP<>> attn(
+                              ak::Dense::Options{.causal = causal, .bf16_products = products}, ak::OpenMP<>{threads});
                           const auto k = in.k_t(), v = in.v_t();
                           const auto out = in.out_view();
                           auto call = [&] {
@@ -264,6 +264,10 @@ void register_storage_rows() {
     const std::string name = "prefill N=4096 d=128" + Decode::storage_suffix(s) + " T1";
     ak::with_kv_type(s, [&](auto zero) { register_stored<decltype(zero)>(name, 4096, 4096, 8, 8, 128, false, 1); });
   }
+  // bfloat16 Q and K as pairs (vdpbf16ps) where the CPU has AVX512-BF16; converted elsewhere.
+  if (ak::cpu_features().avx512bf16)
+    register_stored<ak::bfloat16>("prefill N=4096 d=128 bf16 pairs T1", 4096, 4096, 8, 8, 128, false, 1,
+                                  ak::Dense::Bf16Products::pairs);
 }
 
 void print_storage_table(const ak::bench::CollectingReporter& reporter) {
@@ -280,8 +284,7 @@ void print_storage_table(const ak::bench::CollectingReporter& reporter) {
       std::printf("%-38s %10s\n", shape.c_str(), reporter.absent(shape, "attnkit"));
       continue;
     }
-    std::string fp32_shape = shape;
-    fp32_shape.erase(suffix, 5);
+    const std::string fp32_shape = shape.substr(0, suffix) + shape.substr(shape.rfind(' '));  // " T<threads>" kept
     const auto* fp32 = reporter.find(fp32_shape, "attnkit");
     std::printf("%-38s %10.2f", shape.c_str(), ours->seconds * 1e3);
     if (fp32 != nullptr)

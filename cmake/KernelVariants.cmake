@@ -12,6 +12,8 @@ set(ATTNKIT_MARCH_avx2 x86-64-v3)
 set(ATTNKIT_MARCH_avx512 x86-64-v4)
 
 set(ATTNKIT_VARIANT_TARGETS)
+include(CheckCXXCompilerFlag)
+check_cxx_compiler_flag(-mavx512bf16 ATTNKIT_HAVE_MAVX512BF16)
 if(ATTNKIT_DISPATCH AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   foreach(isa ${ATTNKIT_VARIANTS})
     set(target attnkit_kernels_${isa})
@@ -26,6 +28,10 @@ if(ATTNKIT_DISPATCH AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
     # g++ 12's AVX-512 intrinsics trip -W(maybe-)uninitialized (GCC bug 105593, fixed in g++ 13).
     if(isa STREQUAL "avx512" AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
       target_compile_options(${target} PRIVATE -Wno-uninitialized -Wno-maybe-uninitialized)
+    endif()
+    # AVX512-BF16's vdpbf16ps for bfloat16 Q . K^T (tile/bf16_pairs.hpp), run only where the CPU has it.
+    if(isa STREQUAL "avx512" AND ATTNKIT_HAVE_MAVX512BF16)
+      target_compile_options(${target} PRIVATE -mavx512bf16)
     endif()
     target_link_options(${target} PRIVATE -Wl,--version-script=${PROJECT_SOURCE_DIR}/src/kernels.map)
     set_target_properties(${target} PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}

@@ -31,7 +31,7 @@ void run(int threads, const attnkit::detail::DenseLaunch& call, const Mask& mask
 }
 
 const attnkit::detail::DenseVariants variants{&run<attnkit::tile::NoMask>, &run<attnkit::tile::CausalMask>,
-                                              &run<attnkit::tile::WindowMask>};
+                                              &run<attnkit::tile::WindowMask>, attnkit::tile::kNativeBf16Pairs<V>};
 
 }  // namespace
 

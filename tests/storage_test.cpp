@@ -302,6 +302,153 @@ TEMPLATE_LIST_TEST_CASE("dense with stored K / V equals dense on the converted f
   }
 }
 
+// ---- bfloat16 pairs (vdpbf16ps) ----------------------------------------------------------------
+
+// The dense kernel with the vector type of Backend on bfloat16 Q, K, V and float out, with a plan
+// for the given score products: the kernel layer, since the front door takes bfloat16 pairs only
+// where the CPU runs vdpbf16ps. Returns the plan's products and fills out.
+template <class Backend>
+ak::detail::ScoreProducts run_dense_products(const StorageCase& c, const Stored<ak::bfloat16>& q,
+                                             const Stored<ak::bfloat16>& k, const Stored<ak::bfloat16>& v,
+                                             ak::detail::ScoreProducts products, const ak::View<float, 4>& out) {
+  using V = ak::vector_t<Backend>;
+  const ak::View<const ak::bfloat16, 4> qc = q.view, kc = k.view, vc = v.view;
+  const ak::AttentionShape shape = ak::attention_shape(qc, kc, vc, &out);
+  const ak::SequenceLayout seqs = ak::SequenceLayout::padded(shape, {c.q_lengths, c.kv_lengths});
+  const ak::detail::DensePlan plan =
+      ak::detail::make_dense_plan(shape, seqs, ak::RegisterTile<V>::geometry, ak::Storage::bf16, products);
+  std::vector<std::byte> workspace(ak::detail::dense_workspace_bytes(plan, 1) + 64);
+  void* aligned = workspace.data() + (64 - reinterpret_cast<std::uintptr_t>(workspace.data()) % 64) % 64;
+  const ak::detail::DenseLaunch launch{.q = qc,
+                                       .k = kc,
+                                       .v = vc,
+                                       .out = out,
+                                       .k_scales = {},
+                                       .v_scales = {},
+                                       .lse = {},
+                                       .shape = shape,
+                                       .seqs = seqs,
+                                       .plan = plan,
+                                       .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim)),
+                                       .workspace = aligned};
+  ak::detail::zero_rows_past_lengths(out, seqs);
+  if (c.causal)
+    ak::detail::run_dense_kernel<V>(Backend{}, launch, ak::tile::CausalMask{});
+  else
+    ak::detail::run_dense_kernel<V>(Backend{}, launch, ak::tile::NoMask{});
+  return plan.score_products;
+}
+
+using StaticBackends = std::tuple<ak::Scalar, ak::test::Sse2, ak::test::Avx2Geometry, ak::test::Avx512Geometry>;
+
+// The bfloat16-pairs path on every vector type (vdpbf16ps where the build and CPU have it, the
+// emulation elsewhere) against the references on the stored values, design.md 4's rule.
+TEMPLATE_LIST_TEST_CASE("dense bfloat16 pairs (vdpbf16ps or its emulation) match the reference on the stored values",
+                        "[storage][dense][bf16pairs]", StaticBackends) {
+  using V = ak::vector_t<TestType>;
+  static bool printed = false;
+  if (!printed)
+    std::printf("bf16 pairs on %s: %s\n", TestType::name().c_str(),
+                ak::tile::kNativeBf16Pairs<V> ? "vdpbf16ps" : "emulated");
+  printed = true;
+  Index paired = 0;
+  for (const auto& [what, c] : storage_cases()) {
+    INFO(what);
+    const Index out_heads = std::max(c.q_heads, c.kv_heads), v_dim = c.v_dim > 0 ? c.v_dim : c.head_dim;
+    Tensor4 q(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout),
+        k(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout), v(c.batch, c.kv_len, c.kv_heads, v_dim, c.layout);
+    q.fill_uniform(c.seed, -2.0f, 2.0f);
+    k.fill_uniform(c.seed + 1, -2.0f, 2.0f);
+    v.fill_uniform(c.seed + 2);
+    const Stored<ak::bfloat16> sq(q), sk(k), sv(v);
+    Tensor4 out(c.batch, c.q_len, out_heads, v_dim, c.layout);
+    if (c.batch * c.q_len * c.kv_len == 0) continue;
+    paired += run_dense_products<TestType>(c, sq, sk, sv, ak::detail::ScoreProducts::bf16_pairs, out.view) ==
+              ak::detail::ScoreProducts::bf16_pairs;
+    const ak::test::ReferenceOutputs reference({c.batch, c.q_len, out_heads, v_dim});
+    const ak::reference::DenseOptions ref{.causal = c.causal};
+    const ak::SeqLengths lengths{c.q_lengths, c.kv_lengths};
+    ak::reference::dense<double>(sq.view, sk.view, sv.view, reference.exact, ak::View<double, 3>{}, ref, lengths);
+    ak::reference::dense<float>(sq.view, sk.view, sv.view, reference.naive, ak::View<float, 3>{}, ref, lengths);
+    const double float_error = ak::test::max_abs_diff(reference.naive, reference.exact);
+    const double error = ak::test::max_abs_diff(out.view, reference.exact);
+    INFO("kernel error " << error << ", float reference error " << float_error);
+    CHECK(error <= ak::test::exact_tolerance(float_error));
+  }
+  CHECK(paired >= 10);  // the prefill-like cases (packed keys) ran the pairs path
+}
+
+// Where the build and the CPU have AVX512-BF16: the scores of vdpbf16ps (AVX-512) and of the
+// emulation on the same 12 x 32 tile (two AVX2 vectors) are the same bits, for every head_dim
+// parity; and the front door takes the pairs for bfloat16 Q and K only. (Whole outputs differ
+// between the two in the horizontal sums of the softmax, not in the products.)
+TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[storage][dense][bf16pairs][isa]") {
+#if XSIMD_WITH_AVX512BW && XSIMD_WITH_FMA3_AVX2
+  using Native = ak::Simd<xsimd::avx512bw>;
+  using NativeV = ak::vector_t<Native>;
+  using EmulatedV = ak::vector_t<ak::Simd<ak::Emulated<xsimd::fma3<xsimd::avx2>, 2>>>;
+  if (!ak::tile::kNativeBf16Pairs<NativeV> || !ak::cpu_features().avx512bf16) {
+    std::printf("bf16 pairs: vdpbf16ps not run (the build or the CPU lacks AVX512-BF16)\n");
+    return;
+  }
+  using Tile = ak::RegisterTile<NativeV>;
+  static_assert(Tile::geometry == ak::RegisterTile<EmulatedV>::geometry);
+  CHECK(ak::detail::dense_score_products(Native{}, ak::Storage::bf16, ak::Storage::bf16) ==
+        ak::detail::ScoreProducts::bf16_pairs);
+  CHECK(ak::detail::dense_score_products(Native{}, ak::Storage::f32, ak::Storage::bf16) ==
+        ak::detail::ScoreProducts::f32);
+  // Through the front door, opted in: the references' rule on a prefill shape.
+  {
+    const StorageCase c{1, 150, 150, 4, 2, 64, 0, true};
+    Tensor4 q(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout),
+        k(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout), v(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout),
+        out(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout);
+    q.fill_uniform(1, -2.0f, 2.0f);
+    k.fill_uniform(2, -2.0f, 2.0f);
+    v.fill_uniform(3);
+    const Stored<ak::bfloat16> sq(q), sk(k), sv(v);
+    const ak::Attention<ak::Dense, Native> attn({.causal = true, .bf16_products = ak::Dense::Bf16Products::pairs});
+    attn(ak::View<const ak::bfloat16, 4>(sq.view), ak::View<const ak::bfloat16, 4>(sk.view),
+         ak::View<const ak::bfloat16, 4>(sv.view), out.view);
+    Tensor4 kernel_level = out;
+    run_dense_products<Native>(c, sq, sk, sv, ak::detail::ScoreProducts::bf16_pairs, kernel_level.view);
+    CHECK(ak::test::flatten(out.view) == ak::test::flatten(kernel_level.view));
+  }
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> value(-4.0f, 4.0f);
+  for (const Index head_dim : {1, 7, 64, 128}) {
+    const Index keys = 3 * Tile::cols - 5, padded = 3 * Tile::cols;
+    std::vector<ak::bfloat16> q(Tile::mr * head_dim), k(keys * head_dim);
+    for (auto& x : q) x = ak::bfloat16(value(rng));
+    for (auto& x : k) x = ak::bfloat16(value(rng));
+    std::vector<std::uint32_t> packed(ak::tile::packed_key_pair_words(keys, head_dim, Tile::cols));
+    ak::tile::pack_key_pairs<Tile::cols>(k.data(), head_dim, keys, head_dim, packed.data());
+    const Index pairs = ak::tile::pair_words(head_dim);
+    std::vector<std::uint32_t> q_pairs(Tile::mr * pairs);
+    const std::uint32_t* q_rows[Tile::mr];
+    for (int r = 0; r < Tile::mr; ++r) {
+      ak::tile::pack_query_pairs(q.data() + r * head_dim, head_dim, q_pairs.data() + r * pairs);
+      q_rows[r] = q_pairs.data() + r * pairs;
+    }
+    std::vector<float> native(Tile::mr * padded), emulated(Tile::mr * padded);
+    ak::tile::score_block_pairs<NativeV>(q_rows, packed.data(), head_dim, padded, native.data(), padded);
+    ak::tile::score_block_pairs<EmulatedV>(q_rows, packed.data(), head_dim, padded, emulated.data(), padded);
+    INFO("head_dim " << head_dim);
+    CHECK(std::memcmp(native.data(), emulated.data(), native.size() * sizeof(float)) == 0);
+    // And both are the float dot products of the stored values, to rounding.
+    for (int r = 0; r < Tile::mr; ++r)
+      for (Index j = 0; j < keys; ++j) {
+        double dot = 0;
+        for (Index d = 0; d < head_dim; ++d)
+          dot += double(ak::to_float(q[r * head_dim + d])) * double(ak::to_float(k[j * head_dim + d]));
+        CHECK(std::abs(native[r * padded + j] - dot) <= 1e-5 * (1.0 + std::abs(dot)) * double(head_dim));
+      }
+  }
+#else
+  std::printf("bf16 pairs: vdpbf16ps not run (the build targets no AVX-512)\n");
+#endif
+}
+
 TEST_CASE("dense storage: bad views are errors as for float", "[storage][dense]") {
   Stored<ak::bfloat16> q(1, 4, 2, 8, Layout::kBshd), k(1, 6, 2, 8, Layout::kBshd), v(1, 6, 2, 8, Layout::kBshd);
   Stored<ak::bfloat16> out(1, 4, 2, 8, Layout::kBshd);

@@ -2,7 +2,7 @@
 // float, plain loops), Simd (V = xsimd::batch<float, Arch>) and emulated wide vectors (wide.hpp).
 // VecOps<V> gives width, register count, load / store / broadcast / fma / max / min, log1p, a
 // select on x > threshold, horizontal sum and max (and the sums of `width` vectors at once), and
-// the lanes that are > 0 as bits. Kernels use
+// the lanes that are > 0 as bits, and the two bfloat16 halves of 32-bit words as floats. Kernels use
 // these (and V's arithmetic operators) only, never xsimd directly. exp lives in exp.hpp.
 // NaN: max(a, b) and min(a, b) are std::max / std::min lane by lane on every V: b when it is
 // strictly larger (smaller), else a, so a NaN in b is skipped and a NaN in a is kept (fold a
@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -35,6 +36,11 @@ struct VecOps<float> {
   static float load(const float* p) { return *p; }
   static float load(const bfloat16* p) { return to_float(*p); }
   static float load(const float16* p) { return to_float(*p); }
+  // Word i holds two bfloat16: even = its low 16 bits, odd = its high 16 bits, each as a float.
+  static void load_pair_halves(const std::uint32_t* words, float& even, float& odd) {
+    even = std::bit_cast<float>(*words << 16);
+    odd = std::bit_cast<float>(*words & 0xFFFF0000u);
+  }
   static void store(float* p, float x) { *p = x; }
   static float broadcast(float x) { return x; }
   static float zero() { return 0.0f; }
@@ -91,6 +97,12 @@ struct VecOps<xsimd::batch<float, Arch>> {
       return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 #endif
     return load_lanes(p);
+  }
+  static void load_pair_halves(const std::uint32_t* words, V& even, V& odd) {
+    using Words = xsimd::batch<std::uint32_t, Arch>;
+    const Words w = Words::load_unaligned(words);
+    even = xsimd::bitwise_cast<V>(w << 16);
+    odd = xsimd::bitwise_cast<V>(w & Words(0xFFFF0000u));
   }
   // Any element type, one lane at a time.
   template <class T>

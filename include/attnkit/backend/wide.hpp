@@ -70,6 +70,9 @@ struct VecOps<Wide<B, N>> {
     for (int i = 0; i < N; ++i) r.part[i] = Part::load(p + i * Part::width);
     return r;
   }
+  static void load_pair_halves(const std::uint32_t* words, V& even, V& odd) {
+    for (int i = 0; i < N; ++i) Part::load_pair_halves(words + i * Part::width, even.part[i], odd.part[i]);
+  }
   static void store(float* p, const V& x) {
     for (int i = 0; i < N; ++i) Part::store(p + i * Part::width, x.part[i]);
   }

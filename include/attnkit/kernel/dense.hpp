@@ -11,6 +11,9 @@
 // float where they are read (packing, or the in-place micro-kernels' loads); Q rows are converted
 // when they are copied and scaled, output rows when they are written. int8 K / V (QuantizedView)
 // are dequantized block by block into float scratch and then read as float rows. The math is float.
+// Scores are (scale q) . k, except on the bfloat16-pairs path (ScoreProducts::bf16_pairs, bfloat16
+// Q and K, packed prefill: tile/bf16_pairs.hpp), where they are q . k with exact products and the
+// softmax applies the scale.
 // The mask policy (tile/mask.hpp) gives each row's visible keys; a Blocks policy the key blocks an
 // item visits. Not here: options and validation (mechanism/dense.hpp), the tile pieces (tile/).
 #pragma once
@@ -27,6 +30,7 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/core/workspace_layout.hpp"
+#include "attnkit/tile/bf16_pairs.hpp"
 #include "attnkit/tile/mask.hpp"
 #include "attnkit/tile/microkernel.hpp"
 #include "attnkit/tile/online_softmax.hpp"
@@ -46,29 +50,35 @@ struct AllKeyBlocks {
   }
 };
 
+// How Q · Kᵀ is formed: float products on float rows (K converted where it is read, the query
+// scaled first), or bfloat16 pairs (vdpbf16ps, or its emulation on a vector type without it) on
+// bfloat16 Q and K when keys are packed.
+enum class ScoreProducts { f32, bf16_pairs };
+
 // Tiling and work split of one dense call; a function of the shape and the tile geometry only.
 // Every extent, stride and padding of the kernel's buffers comes from here.
 struct DensePlan {
-  TileGeometry tile{};            // register tile the kernel runs (checked against its vector type)
-  Index group = 1;                // out heads per kv head (rows of one position)
-  Index kv_groups = 0;            // kv heads (out_heads / group)
-  Index groups_per_item = 1;      // kv heads one work item covers
-  Index item_groups = 0;          // kv_groups / groups_per_item
-  Index kv_block = 0;             // keys per block
-  Index key_pad = 1;              // a row's scores are computed and softmaxed in multiples of this:
-                                  // a key panel (tile.cols()) when packed, one vector when in place
-  Index score_stride = 0;         // floats between score rows: kv_block rounded up to key_pad
-  Index q_chunk = 0;              // query positions per work item
-  Index group_rows = 0;           // rows of one kv head in a work item, padded to the register tile
-  Index rows = 0;                 // rows per work item: groups_per_item * group_rows
-  Index chunks = 0;               // work items along the query axis of the longest sequence
-  Index split_keys = 0;           // keys per split
-  Index splits = 1;               // key splits per sequence (> 1: partial results merged)
-  Index items = 0;                // sequences * item_groups * chunks * splits
-  Index acc_cols = 0;             // v_dim padded to whole value strips: the accumulator row length
-  bool stream_keys = false;       // a kv head's rows fit one register tile: K / V rows read in place
-  bool dequantize = false;        // int8 K / V: each block dequantized into scratch first
-  std::size_t scratch_bytes = 0;  // per thread (DenseScratch)
+  TileGeometry tile{};        // register tile the kernel runs (checked against its vector type)
+  Index group = 1;            // out heads per kv head (rows of one position)
+  Index kv_groups = 0;        // kv heads (out_heads / group)
+  Index groups_per_item = 1;  // kv heads one work item covers
+  Index item_groups = 0;      // kv_groups / groups_per_item
+  Index kv_block = 0;         // keys per block
+  Index key_pad = 1;          // a row's scores are computed and softmaxed in multiples of this:
+                              // a key panel (tile.cols()) when packed, one vector when in place
+  Index score_stride = 0;     // floats between score rows: kv_block rounded up to key_pad
+  Index q_chunk = 0;          // query positions per work item
+  Index group_rows = 0;       // rows of one kv head in a work item, padded to the register tile
+  Index rows = 0;             // rows per work item: groups_per_item * group_rows
+  Index chunks = 0;           // work items along the query axis of the longest sequence
+  Index split_keys = 0;       // keys per split
+  Index splits = 1;           // key splits per sequence (> 1: partial results merged)
+  Index items = 0;            // sequences * item_groups * chunks * splits
+  Index acc_cols = 0;         // v_dim padded to whole value strips: the accumulator row length
+  bool stream_keys = false;   // a kv head's rows fit one register tile: K / V rows read in place
+  bool dequantize = false;    // int8 K / V: each block dequantized into scratch first
+  ScoreProducts score_products = ScoreProducts::f32;  // bf16_pairs only with packed keys
+  std::size_t scratch_bytes = 0;                      // per thread (DenseScratch)
 };
 
 // Keys per block when K / V rows are read in place (decode): small enough that the next block
@@ -82,7 +92,7 @@ inline constexpr Index kSplitKeys = 2048;
 void set_plan_layout(DensePlan& plan, const AttentionShape& shape);
 
 inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seqs, const TileGeometry& tile,
-                                 Storage kv_storage = Storage::f32) {
+                                 Storage kv_storage = Storage::f32, ScoreProducts products = ScoreProducts::f32) {
   DensePlan plan;
   plan.tile = tile;
   plan.dequantize = kv_storage == Storage::i8;
@@ -98,6 +108,7 @@ inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayo
   plan.item_groups = plan.kv_groups / plan.groups_per_item;
   plan.kv_block = plan.stream_keys ? kStreamBlockKeys : kv_block_keys(shape.head_dim, shape.v_dim, tile.cols());
   plan.rows = plan.groups_per_item * plan.group_rows;
+  plan.score_products = plan.stream_keys ? ScoreProducts::f32 : products;
   plan.chunks = (seqs.max_q_len() + plan.q_chunk - 1) / plan.q_chunk;
   const Index max_kv = seqs.max_kv_len();
   const bool decode = seqs.max_q_len() * plan.group <= kSplitMaxRows && max_kv >= 2 * kSplitKeys;
@@ -111,26 +122,32 @@ inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayo
 // One thread's scratch. carve() is the only description of its layout: the plan sizes it by
 // carving from a measuring arena, the kernel by carving the thread's slot.
 struct DenseScratch {
-  float* packed_k = nullptr;           // (ceil(kv_block / cols), head_dim, cols); none when in place
-  float* packed_v = nullptr;           // (ceil(v_dim / cols), kv_block, cols); none when in place
-  float* dequant_k = nullptr;          // (kv_block, head_dim) when plan.dequantize
-  float* dequant_v = nullptr;          // (kv_block, v_dim) when plan.dequantize
-  float* scores = nullptr;             // (mr, score_stride)
-  float* q_rows = nullptr;             // (rows, head_dim), scaled
-  float* acc = nullptr;                // (rows, acc_cols)
-  tile::SoftmaxRow* states = nullptr;  // (rows)
+  float* packed_k = nullptr;                // (ceil(kv_block / cols), head_dim, cols); none when in place
+  float* packed_v = nullptr;                // (ceil(v_dim / cols), kv_block, cols); none when in place
+  float* dequant_k = nullptr;               // (kv_block, head_dim) when plan.dequantize
+  float* dequant_v = nullptr;               // (kv_block, v_dim) when plan.dequantize
+  float* scores = nullptr;                  // (mr, score_stride)
+  float* q_rows = nullptr;                  // (rows, head_dim), scaled; none with bf16 pairs
+  std::uint32_t* packed_k_pairs = nullptr;  // (ceil(kv_block / cols), pairs, cols) with bf16 pairs
+  std::uint32_t* q_pairs = nullptr;         // (rows, pairs) with bf16 pairs
+  float* acc = nullptr;                     // (rows, acc_cols)
+  tile::SoftmaxRow* states = nullptr;       // (rows)
 
   static DenseScratch carve(Arena& arena, const DensePlan& plan, const AttentionShape& shape) {
     const Index packed_keys = plan.stream_keys ? 0 : plan.kv_block;
     const Index cols = plan.tile.cols();
+    const bool pairs = plan.score_products == ScoreProducts::bf16_pairs;
     DenseScratch s;
-    s.packed_k = arena.take<float>(tile::packed_key_floats(packed_keys, shape.head_dim, cols));
+    s.packed_k = arena.take<float>(tile::packed_key_floats(pairs ? 0 : packed_keys, shape.head_dim, cols));
+    s.packed_k_pairs =
+        arena.take<std::uint32_t>(tile::packed_key_pair_words(pairs ? packed_keys : 0, shape.head_dim, cols));
     s.packed_v = arena.take<float>(tile::packed_value_floats(packed_keys, shape.v_dim, cols));
     const Index dequant_keys = plan.dequantize ? plan.kv_block : 0;
     s.dequant_k = arena.take<float>(dequant_keys * shape.head_dim);
     s.dequant_v = arena.take<float>(dequant_keys * shape.v_dim);
     s.scores = arena.take<float>(plan.tile.mr * plan.score_stride);
-    s.q_rows = arena.take<float>(plan.rows * shape.head_dim);
+    s.q_rows = arena.take<float>(pairs ? 0 : plan.rows * shape.head_dim);
+    s.q_pairs = arena.take<std::uint32_t>(pairs ? plan.rows * tile::pair_words(shape.head_dim) : 0);
     s.acc = arena.take<float>(plan.rows * plan.acc_cols);
     s.states = arena.take<tile::SoftmaxRow>(plan.rows);
     return s;
@@ -202,6 +219,8 @@ class DenseKernel {
         arena_(workspace, dense_workspace_bytes(plan, slots)) {
     ATTNKIT_CHECK(plan.dequantize == kQuantized,
                   "dense kernel: plan and kernel disagree on int8 K / V (internal error)");
+    ATTNKIT_CHECK(!pairs() || (std::is_same_v<KV, bfloat16> && q.storage == Storage::bf16),
+                  "dense kernel: bfloat16 pairs need bfloat16 Q and K (internal error)");
     ATTNKIT_CHECK(plan.tile == Tile::geometry, "dense kernel: plan made for a ", plan.tile.mr, " x ", plan.tile.cols(),
                   " tile, kernel runs ", Tile::mr, " x ", Tile::cols, " (internal error)");
     workspace_ = DenseWorkspace::carve(arena_, plan, slots);
@@ -231,20 +250,29 @@ class DenseKernel {
       acc = workspace_.partial_acc + item * plan_.rows * ldo;
       states = workspace_.partial_rows + item * plan_.rows;
     }
-    // Query rows copied contiguous and pre-scaled; padding rows are zero, so their scores are 0
-    // and serve as probabilities 0.
+    // Query rows copied contiguous and pre-scaled (bfloat16 pairs: as they are); padding rows are
+    // zero, so their scores are 0 and serve as probabilities 0.
+    const Index pairs_per_row = tile::pair_words(shape_.head_dim);
     for (Index row = 0; row < plan_.rows; ++row) {
-      float* dst = scratch.q_rows + row * shape_.head_dim;
+      float* dst = pairs() ? nullptr : scratch.q_rows + row * shape_.head_dim;
+      std::uint32_t* dst_pairs = pairs() ? scratch.q_pairs + row * pairs_per_row : nullptr;
       const Index r = row % plan_.group_rows;
       if (r >= group_rows) {
-        std::fill(dst, dst + shape_.head_dim, 0.0f);
+        if (pairs())
+          std::fill(dst_pairs, dst_pairs + pairs_per_row, 0u);
+        else
+          std::fill(dst, dst + shape_.head_dim, 0.0f);
         continue;
       }
       const Index out_head = (first_group + row / plan_.group_rows) * plan_.group + r % plan_.group;
-      detail::load_row_scaled(
-          element(q_, seq.batch, seq.q_begin + first_pos + r / plan_.group, shape_.heads.q_head(out_head)), q_.storage,
-          shape_.head_dim, scale_, dst);
+      const void* src =
+          element(q_, seq.batch, seq.q_begin + first_pos + r / plan_.group, shape_.heads.q_head(out_head));
+      if (pairs())
+        tile::pack_query_pairs(static_cast<const bfloat16*>(src), shape_.head_dim, dst_pairs);
+      else
+        detail::load_row_scaled(src, q_.storage, shape_.head_dim, scale_, dst);
     }
+    const float score_scale = pairs() ? scale_ : 1.0f;  // what the softmax multiplies scores by
     std::fill(acc, acc + plan_.rows * ldo, 0.0f);
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
 
@@ -285,18 +313,23 @@ class DenseKernel {
               ldv = v_.stride(1);
             }
             int values_finite = -1;  // the block's values are all finite (1), not (0), not looked at (-1)
+            if constexpr (std::is_same_v<KV, bfloat16>)
+              if (pairs())
+                tile::pack_key_pairs<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k_pairs);
             if (!plan_.stream_keys) {
-              tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k);
+              if (!pairs()) tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k);
               tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, scratch.packed_v);
             }
             for (Index t = 0; t < group_rows; t += Tile::mr) {
               const Index row0 = g * plan_.group_rows + t;  // first row of the tile in the item
               const Index tile_rows = std::min<Index>(Tile::mr, group_rows - t);
               const float* q_tile[Tile::mr];
+              const std::uint32_t* q_pair_tile[Tile::mr];
               tile::KeyRange ranges[Tile::mr];
               Index tile_end = block;  // the tile's rows see keys before tile_end only
               for (int r = 0; r < Tile::mr; ++r) {
-                q_tile[r] = scratch.q_rows + (row0 + r) * shape_.head_dim;
+                q_tile[r] = pairs() ? nullptr : scratch.q_rows + (row0 + r) * shape_.head_dim;
+                q_pair_tile[r] = pairs() ? scratch.q_pairs + (row0 + r) * pairs_per_row : nullptr;
                 if (r >= tile_rows) continue;
                 const Index pos = first_pos + (t + r) / plan_.group;
                 const tile::KeyRange seen = mask_.visible(pos, seq.q_len, seq.kv_len);
@@ -316,13 +349,16 @@ class DenseKernel {
                 tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
                   tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
                 });
+              else if (pairs())
+                tile::score_block_pairs<V>(q_pair_tile, scratch.packed_k_pairs, shape_.head_dim, padded_keys, scores,
+                                           lds);
               else
                 tile::score_block<V>(q_tile, scratch.packed_k, shape_.head_dim, padded_keys, scores, lds);
               for (Index r = 0; r < tile_rows; ++r) {
                 float* s = scores + r * lds;
                 if (needs_mask) tile::mask_block_row(s, padded_keys, block, ranges[r], tile::kNegInf);
-                const float rescale =
-                    tile::softmax_block_row<V>(s, padded_keys, 1.0f, states[row0 + r], ranges[r].begin < ranges[r].end);
+                const float rescale = tile::softmax_block_row<V>(s, padded_keys, score_scale, states[row0 + r],
+                                                                 ranges[r].begin < ranges[r].end);
                 if (rescale != 1.0f) tile::scale_row<V>(acc + (row0 + r) * ldo, ldo, rescale);
               }
               // A row must not see the values of keys it does not see: with an inf or NaN among
@@ -384,6 +420,8 @@ class DenseKernel {
   }
 
  private:
+  bool pairs() const { return plan_.score_products == ScoreProducts::bf16_pairs; }
+
   // Calls f(item row, output row, log-sum-exp slot or null) for every real row of an item.
   template <class F>
   void for_each_row(const Sequence& seq, Index first_group, Index first_pos, Index end_pos, F&& f) const {

@@ -1,6 +1,7 @@
 // The dense kernel behind any backend, dispatched ISA variants included (backend/dispatch.hpp):
 //   dense_geometry(backend)   the register tile a plan for this backend must use
 //   dense_backend_name(b)     the backend part of name(): the variant that runs
+//   dense_score_products(b, ...)  float or bfloat16-pair products (where the variant has vdpbf16ps)
 //   run_dense(backend, ...)   a static backend runs its own vector type here; a dispatched one
 //                             calls the variant compiled into libattnkit_kernels_<isa>.
 // Compiled variants export one table of entry points each (DenseVariants), one per mask policy.
@@ -22,6 +23,7 @@ struct DenseVariants {
   void (*no_mask)(int threads, const DenseLaunch&, const tile::NoMask&);
   void (*causal)(int threads, const DenseLaunch&, const tile::CausalMask&);
   void (*window)(int threads, const DenseLaunch&, const tile::WindowMask&);
+  bool native_bf16_pairs;  // built with AVX512-BF16: bfloat16 pairs run vdpbf16ps
 
   void run(int threads, const DenseLaunch& call, const tile::NoMask& mask) const { no_mask(threads, call, mask); }
   void run(int threads, const DenseLaunch& call, const tile::CausalMask& mask) const { causal(threads, call, mask); }
@@ -74,6 +76,22 @@ std::string dense_backend_name(const Backend& backend) {
   } else {
     return Backend::name();
   }
+}
+
+// The products of a plan for this backend: bfloat16 pairs for bfloat16 Q and K where the kernels
+// that run have vdpbf16ps and the CPU has AVX512-BF16 (never an emulation), float otherwise.
+template <class Backend>
+ScoreProducts dense_score_products(const Backend& backend, Storage q, Storage kv) {
+  if (q != Storage::bf16 || kv != Storage::bf16 || !cpu_features().avx512bf16) return ScoreProducts::f32;
+  bool native = false;
+  if constexpr (is_dispatched<Backend>) {
+#if ATTNKIT_DISPATCH
+    native = dense_variants(dispatch_of(backend).resolved_isa()).native_bf16_pairs;
+#endif
+  } else {
+    native = tile::kNativeBf16Pairs<vector_t<Backend>>;
+  }
+  return native ? ScoreProducts::bf16_pairs : ScoreProducts::f32;
 }
 
 template <class Backend, class Mask>

@@ -50,10 +50,16 @@ struct Dense {
     Index left = -1;
     Index right = -1;
   };
+  // How Q · Kᵀ is formed for bfloat16 Q and K: converted to float (the query scaled first, as
+  // for every type), or as bfloat16 pairs with AVX512-BF16's vdpbf16ps (exact products, the
+  // scale applied to the score) where the CPU and the kernels that run have it, else converted.
+  // Pairs are opt-in: on the one AVX512-BF16 host measured they were slower (README, Benchmarks).
+  enum class Bf16Products { convert, pairs };
   struct Options {
     bool causal = false;           // bottom-right aligned when q_len != kv_len
     std::optional<float> scale{};  // default 1 / sqrt(head_dim); must be finite and > 0
     Window window{};               // with causal, right is 0 whatever is set
+    Bf16Products bf16_products = Bf16Products::convert;
   };
   // Optional extras of one call.
   struct Args {
@@ -116,7 +122,8 @@ class Attention<Dense, Backend> {
   const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     return workspace_of(detail::make_dense_plan(shape, SequenceLayout::padded(shape, args.lengths),
-                                                detail::dense_geometry(backend_), storage_of<K>()));
+                                                detail::dense_geometry(backend_), storage_of<K>(),
+                                                products_of(storage_of<Q>(), storage_of<K>())));
   }
   template <class Q, class K, class V, class O>
   requires DenseStorage<Q, K, V, O>
@@ -178,7 +185,8 @@ class Attention<Dense, Backend> {
                                                                     const View<V, 3>& v, const CuSeqlens& cu)
   const {
     const auto [shape, seqs] = packed_shape(q, k, v, cu, static_cast<const View<float, 4>*>(nullptr));
-    return workspace_of(detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_), storage_of<K>()));
+    return workspace_of(detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_), storage_of<K>(),
+                                                products_of(storage_of<Q>(), storage_of<K>())));
   }
   template <class Q, class K, class V, class O>
   requires DenseStorage<Q, K, V, O>
@@ -271,6 +279,11 @@ class Attention<Dense, Backend> {
     return cost;
   }
 
+  detail::ScoreProducts products_of(Storage q, Storage kv) const {
+    if (options_.bf16_products == Dense::Bf16Products::convert) return detail::ScoreProducts::f32;
+    return detail::dense_score_products(backend_, q, kv);
+  }
+
   std::size_t workspace_of(const detail::DensePlan& plan) const {
     return detail::dense_workspace_bytes(plan, backend_.threads());
   }
@@ -278,7 +291,8 @@ class Attention<Dense, Backend> {
   void run(const ErasedView<const void, 4>& q, const ErasedView<const void, 4>& k, const ErasedView<const void, 4>& v,
            const ErasedView<void, 4>& out, const Args& args, const AttentionShape& shape, const SequenceLayout& seqs,
            const View<const float, 3>& k_scales = {}, const View<const float, 3>& v_scales = {}) const {
-    const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_), k.storage);
+    const detail::DensePlan plan = detail::make_dense_plan(shape, seqs, detail::dense_geometry(backend_), k.storage,
+                                                           products_of(q.storage, k.storage));
     if (plan.items == 0) return;
     const detail::ScopedWorkspace workspace(args.workspace, workspace_of(plan));
     const detail::DenseLaunch launch{.q = q,
