@@ -449,6 +449,74 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
 #endif
 }
 
+// ---- Block-sparse and XAttention on stored values ---------------------------------------------
+
+// Float copies of stored tensors: the values the kernels read.
+template <class T>
+Tensor4 as_float(const Stored<T>& x, const Tensor4& shape_of) {
+  Tensor4 out = shape_of;
+  for (std::size_t i = 0; i < out.data.size(); ++i) out.data[i] = ak::to_float(x.data[i]);
+  return out;
+}
+
+template <class T, class Backend>
+void check_sparse_storage(Backend backend, bool causal) {
+  INFO(ak::storage_name(ak::storage_of<T>()) << " causal " << causal);
+  const Index batch = 2, q_len = 100, kv_len = 90, q_heads = 4, kv_heads = 2, dim = 32, v_dim = 24, block = 16;
+  const Layout bshd = Layout::kBshd;
+  Tensor4 q(batch, q_len, q_heads, dim, bshd), k(batch, kv_len, kv_heads, dim, bshd),
+      v(batch, kv_len, kv_heads, v_dim, bshd);
+  q.fill_uniform(21, -2.0f, 2.0f);
+  k.fill_uniform(22, -2.0f, 2.0f);
+  v.fill_uniform(23);
+  const Stored<T> sq(q), sk(k), sv(v);
+  const Tensor4 qr = as_float(sq, q), kr = as_float(sk, k), vr = as_float(sv, v);
+  const ak::View<const T, 4> qs = sq.view, ks = sk.view, vs = sv.view;
+  const ak::View<const float, 4> qf = qr.view, kf = kr.view, vf = vr.view;
+  std::mt19937 rng(4);
+  const ak::BlockMask mask =
+      ak::BlockMask::from_predicate(batch, q_heads, (q_len + block - 1) / block, (kv_len + block - 1) / block,
+                                    [&](Index, Index, Index, Index) { return rng() % 3 != 0; });
+  // Block-sparse: stored Q, K, V == float on their values; a stored out is the float out rounded.
+  const ak::Attention<ak::BlockSparse, Backend> sparse({.block = block, .causal = causal}, backend);
+  Tensor4 from_float(batch, q_len, q_heads, v_dim, bshd), from_stored = from_float;
+  sparse(qf, kf, vf, mask, from_float.view);
+  sparse(qs, ks, vs, mask, from_stored.view);
+  CHECK(ak::test::flatten(from_float.view) == ak::test::flatten(from_stored.view));
+  Stored<T> out_t(batch, q_len, q_heads, v_dim, bshd);
+  sparse(qf, ks, vs, mask, out_t.view);
+  std::size_t rounded_differently = 0;
+  for (std::size_t i = 0; i < out_t.data.size(); ++i)
+    rounded_differently +=
+        std::bit_cast<std::uint16_t>(out_t.data[i]) != std::bit_cast<std::uint16_t>(T(from_float.data[i]));
+  CHECK(rounded_differently == 0);
+  CHECK(sparse.cost(qs, ks, vs, mask).bytes < sparse.cost(qf, kf, vf, mask).bytes);
+  // XAttention: the same scores, selection and output.
+  const ak::Attention<ak::XAttention, Backend> xattn({.stride = 4, .block = block, .tau = {0.9f}, .causal = causal},
+                                                     backend);
+  ak::BlockMask selected_float, selected_stored;
+  xattn(qf, kf, vf, from_float.view, {.selected = &selected_float});
+  xattn(qs, ks, vs, from_stored.view, {.selected = &selected_stored});
+  CHECK(selected_float.offsets == selected_stored.offsets);
+  CHECK(selected_float.columns == selected_stored.columns);
+  CHECK(ak::test::flatten(from_float.view) == ak::test::flatten(from_stored.view));
+  Tensor4 scores_float(batch, q_heads, (q_len + block - 1) / block, (kv_len + block - 1) / block, bshd),
+      scores_stored = scores_float;
+  xattn.score(qf, kf, scores_float.view);
+  xattn.score(qs, ks, scores_stored.view);
+  CHECK(ak::test::flatten(scores_float.view) == ak::test::flatten(scores_stored.view));
+}
+
+// Block-sparse and XAttention run the dense kernel (and XAttention its scoring) on stored values
+// converted where they are read, so they equal their float runs on the same values bit for bit.
+TEMPLATE_LIST_TEST_CASE("block-sparse and XAttention with bfloat16 / float16 storage equal their float runs",
+                        "[storage][sparse]", ak::test::Backends) {
+  for (bool causal : {false, true}) {
+    check_sparse_storage<ak::bfloat16>(TestType{}, causal);
+    check_sparse_storage<ak::float16>(TestType{}, causal);
+  }
+}
+
 TEST_CASE("dense storage: bad views are errors as for float", "[storage][dense]") {
   Stored<ak::bfloat16> q(1, 4, 2, 8, Layout::kBshd), k(1, 6, 2, 8, Layout::kBshd), v(1, 6, 2, 8, Layout::kBshd);
   Stored<ak::bfloat16> out(1, 4, 2, 8, Layout::kBshd);

@@ -25,6 +25,7 @@
 
 #include "attnkit/backend/vec.hpp"
 #include "attnkit/core/shape.hpp"
+#include "attnkit/core/storage.hpp"
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/core/workspace_layout.hpp"
@@ -82,7 +83,8 @@ class XScorer {
   using Ops = VecOps<V>;
 
  public:
-  XScorer(const View<const float, 4>& q, const View<const float, 4>& k, const AttentionShape& shape,
+  // q and k: float, bfloat16 or float16 (converted to float where they are copied).
+  XScorer(const ErasedView<const void, 4>& q, const ErasedView<const void, 4>& k, const AttentionShape& shape,
           const XGeometry& geo, float scale)
       : q_(q), k_(k), shape_(shape), geo_(geo), scale_(scale / static_cast<float>(geo.stride)) {
     depth_ = geo.stride * shape.head_dim;
@@ -150,14 +152,18 @@ class XScorer {
   void pack_panel(Index b, Index kvh, Index p) const {
     const Index d = shape_.head_dim;
     float* panel = packed_ + p * depth_ * Tile::cols;
-    for (Index j = 0; j < Tile::cols; ++j) {
-      const Index c = p * Tile::cols + j;
-      for (Index t = 0; t < geo_.stride; ++t) {
-        const Index key = c * geo_.stride + t;
-        const float* src = key < geo_.kv_len ? k_.at(b, key, kvh, 0) : nullptr;  // (head_dim)
-        for (Index dd = 0; dd < d; ++dd) panel[(t * d + dd) * Tile::cols + j] = src ? src[dd] : 0.0f;
+    with_storage_type(k_.storage, [&](auto zero) {
+      using T = decltype(zero);
+      const View<const T, 4> k = k_.as<T>();
+      for (Index j = 0; j < Tile::cols; ++j) {
+        const Index c = p * Tile::cols + j;
+        for (Index t = 0; t < geo_.stride; ++t) {
+          const Index key = c * geo_.stride + t;
+          const T* src = key < geo_.kv_len ? k.at(b, key, kvh, 0) : nullptr;  // (head_dim)
+          for (Index dd = 0; dd < d; ++dd) panel[(t * d + dd) * Tile::cols + j] = src ? to_float(src[dd]) : 0.0f;
+        }
       }
-    }
+    });
   }
 
   // Strided rows [chunk item_rows, +item_rows) of one out head: all their q' rows are built first,
@@ -175,13 +181,17 @@ class XScorer {
     std::fill(out + first_block * geo_.kv_blocks, out + end_block * geo_.kv_blocks, 0.0f);
     const Index qh = shape_.heads.q_head(out_head);
     const Index rows = r_end - r_begin, tiles = (rows + Tile::mr - 1) / Tile::mr;
-    for (Index i = 0; i < tiles * Tile::mr; ++i)
-      for (Index t = 0; t < geo_.stride; ++t) {
-        const Index pos = (r_begin + i) * geo_.stride + geo_.stride - 1 - t;
-        const float* src = i < rows && pos < geo_.q_len ? q_.at(b, pos, qh, 0) : nullptr;  // (head_dim)
-        float* dst = q_all + i * depth_ + t * d;
-        for (Index dd = 0; dd < d; ++dd) dst[dd] = src ? src[dd] * scale_ : 0.0f;
-      }
+    with_storage_type(q_.storage, [&](auto zero) {
+      using T = decltype(zero);
+      const View<const T, 4> q = q_.as<T>();
+      for (Index i = 0; i < tiles * Tile::mr; ++i)
+        for (Index t = 0; t < geo_.stride; ++t) {
+          const Index pos = (r_begin + i) * geo_.stride + geo_.stride - 1 - t;
+          const T* src = i < rows && pos < geo_.q_len ? q.at(b, pos, qh, 0) : nullptr;  // (head_dim)
+          float* dst = q_all + i * depth_ + t * d;
+          for (Index dd = 0; dd < d; ++dd) dst[dd] = src ? to_float(src[dd]) * scale_ : 0.0f;
+        }
+    });
     // Columns a tile scores: its last row's visible ones, padded to whole panels.
     auto tile_cols = [&](Index tile) {
       const Index last = std::min(r_begin + (tile + 1) * Tile::mr, r_end) - 1;
@@ -221,7 +231,7 @@ class XScorer {
     }
   }
 
-  View<const float, 4> q_, k_;
+  ErasedView<const void, 4> q_, k_;
   AttentionShape shape_;
   XGeometry geo_;
   float scale_;

@@ -9,7 +9,8 @@
 // block) and a Blocks policy that visits only the listed blocks that its rows can see: blocks
 // above the causal diagonal are never visited, the diagonal ones are masked inside. A row whose
 // blocks are all absent is zeros. cost() counts the visible pairs of visited blocks.
-// Padded inputs at full length (no per-entry lengths, no packed sequences).
+// Padded inputs at full length (no per-entry lengths, no packed sequences). Storage types as for
+// Dense (DenseStorage): Q and out float, bfloat16 or float16, K and V one of them; the math is float.
 // Not here: how a mask is chosen (mechanism/xattention.hpp), the reference (reference/block_sparse.hpp).
 #pragma once
 
@@ -171,20 +172,24 @@ inline void check_block_mask(const BlockMask& m, const AttentionShape& shape, In
     }
 }
 
-// Runs the block-sparse kernel on validated inputs; shared by BlockSparse and XAttention.
+// Runs the block-sparse kernel on validated inputs (K and V of one storage type, not int8);
+// shared by BlockSparse and XAttention.
 template <class V, class Backend>
-void run_block_sparse(const Backend& backend, const View<const float, 4>& q, const View<const float, 4>& k,
-                      const View<const float, 4>& v, const BlockLists& lists, const View<float, 4>& out,
+void run_block_sparse(const Backend& backend, const ErasedView<const void, 4>& q, const ErasedView<const void, 4>& k,
+                      const ErasedView<const void, 4>& v, const BlockLists& lists, const ErasedView<void, 4>& out,
                       const AttentionShape& shape, Index block, bool causal, float scale, void* workspace) {
   const SequenceLayout seqs = SequenceLayout::padded(shape, {});
   const DensePlan plan = make_block_sparse_plan(shape, seqs, block, RegisterTile<V>::geometry);
   if (plan.items == 0) return;
   // Every row writes its output (zeros when it sees no listed key), so out needs no clearing.
-  tile::with_causal_mask(causal, [&](auto mask_policy) {
-    const DenseKernel<V, decltype(mask_policy), ListedKeyBlocks> kernel(q, k, v, out, View<float, 3>{}, shape, seqs,
-                                                                        plan, scale, workspace, backend.threads(),
-                                                                        mask_policy, ListedKeyBlocks{lists, block});
-    backend.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+  with_storage_type(k.storage, [&](auto zero) {
+    using KV = decltype(zero);
+    tile::with_causal_mask(causal, [&](auto mask_policy) {
+      const DenseKernel<V, decltype(mask_policy), ListedKeyBlocks, KV> kernel(
+          q, k.as<KV>(), v.as<KV>(), out, View<float, 3>{}, shape, seqs, plan, scale, workspace, backend.threads(),
+          mask_policy, ListedKeyBlocks{lists, block});
+      backend.parallel_for(plan.items, [&](Index item, int slot) { kernel.run_item(item, slot); });
+    });
   });
 }
 
@@ -196,7 +201,8 @@ std::size_t block_sparse_workspace(const AttentionShape& shape, Index block, int
 }
 
 // FLOPs and bytes of a block-sparse call: the visible (query, key) pairs of the listed blocks.
-inline Cost block_sparse_cost(const AttentionShape& shape, const BlockMask& mask, Index block, bool causal) {
+inline Cost block_sparse_cost(const AttentionShape& shape, const BlockMask& mask, Index block, bool causal,
+                              std::size_t kv_bytes = sizeof(float)) {
   double pairs = 0;
   tile::with_causal_mask(causal, [&](auto policy) {
     for (Index b = 0; b < shape.batch; ++b)
@@ -212,7 +218,7 @@ inline Cost block_sparse_cost(const AttentionShape& shape, const BlockMask& mask
   });
   Cost cost;
   cost.flops = 2.0 * pairs * static_cast<double>(shape.head_dim + shape.v_dim);
-  cost.bytes = attention_bytes(shape);
+  cost.bytes = attention_bytes(shape, kv_bytes);
   return cost;
 }
 
@@ -237,19 +243,25 @@ class Attention<BlockSparse, Backend> {
   const Options& options() const { return options_; }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv), mask over (B, Ho, ceil(Lq / block),
-  // ceil(Lk / block)) -> out (B, Lq, Ho, Dv).
-  Cost cost(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-            const BlockMask& mask) const {
+  // ceil(Lk / block)) -> out (B, Lq, Ho, Dv); element types as for Dense (DenseStorage).
+  template <class Q, class K, class Val>
+  requires DenseStorage<Q, K, Val, float> Cost cost(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v,
+                                                    const BlockMask& mask)
+  const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     detail::check_block_mask(mask, shape, options_.block);
-    return detail::block_sparse_cost(shape, mask, options_.block, options_.causal);
+    return detail::block_sparse_cost(shape, mask, options_.block, options_.causal, sizeof(std::remove_const_t<K>));
   }
-  std::size_t workspace_bytes(const View<const float, 4>& q, const View<const float, 4>& k,
-                              const View<const float, 4>& v, const BlockMask& /*mask*/) const {
+  template <class Q, class K, class Val>
+  requires DenseStorage<Q, K, Val, float> std::size_t workspace_bytes(const View<Q, 4>& q, const View<K, 4>& k,
+                                                                      const View<Val, 4>& v, const BlockMask& /*mask*/)
+  const {
     return detail::block_sparse_workspace<V>(attention_shape(q, k, v, nullptr), options_.block, backend_.threads());
   }
-  void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-                  const BlockMask& mask, const View<float, 4>& out, const Args& args = {}) const {
+  template <class Q, class K, class Val, class O>
+  requires DenseStorage<Q, K, Val, O>
+  void operator()(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v, const BlockMask& mask,
+                  const View<O, 4>& out, const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     detail::check_block_mask(mask, shape, options_.block);
     const detail::ScopedWorkspace workspace(

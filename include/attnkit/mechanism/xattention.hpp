@@ -36,6 +36,8 @@
 // Batch > 1 and GQA (x-attention #12): every out head scores with its own query head against its
 // kv head and gets its own mask (the block-sparse kernel takes masks per out head); tau is one
 // value or one per out head. The reference code asserts batch 1 and q_heads == kv_heads.
+// Storage types as for Dense (DenseStorage): q, k, v and out float, bfloat16 or float16 (k and v
+// of one type); scoring and attention convert where they read, the math is float.
 // A call given a workspace allocates nothing: the scores, the selected lists and the kernel's
 // scratch are carved from it (a reused Args::selected keeps its capacity).
 // Not here: the kernels (kernel/xattention.hpp), the reference (reference/xattention.hpp).
@@ -114,7 +116,10 @@ class Attention<XAttention, Backend> {
   const Options& options() const { return options_; }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D) -> scores (B, Ho, ceil(Lq / block), ceil(Lk / block)).
-  void score(const View<const float, 4>& q, const View<const float, 4>& k, const View<float, 4>& scores,
+  // Element types as for Dense (DenseStorage): float, bfloat16 or float16 q, k (and v, out).
+  template <class Q, class K>
+  requires DenseStorage<Q, K, K, float>
+  void score(const View<Q, 4>& q, const View<K, 4>& k, const View<float, 4>& scores,
              const Workspace& workspace = {}) const {
     const AttentionShape shape = checked_shape(q, k, k);
     check_view(scores, "scores");
@@ -156,28 +161,35 @@ class Attention<XAttention, Backend> {
   }
 
   // FLOPs and bytes of a call that selected `selected`: scoring plus the block-sparse kernel.
-  Cost cost(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-            const BlockMask& selected) const {
+  template <class Q, class K, class Val>
+  requires DenseStorage<Q, K, Val, float> Cost cost(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v,
+                                                    const BlockMask& selected)
+  const {
     const AttentionShape shape = checked_shape(q, k, v);
     detail::check_block_mask(selected, shape, options_.block);
     const detail::XGeometry geo = geometry(shape);
     double pairs = 0;  // (strided row, strided column) pairs scored
     for (Index r = 0; r < geo.q_strided; ++r) pairs += static_cast<double>(geo.visible_end(r));
-    Cost cost = detail::block_sparse_cost(shape, selected, options_.block, options_.causal);
+    Cost cost =
+        detail::block_sparse_cost(shape, selected, options_.block, options_.causal, sizeof(std::remove_const_t<K>));
     cost.flops +=
         2.0 * pairs * static_cast<double>(geo.stride * shape.head_dim * shape.batch * shape.heads.out_heads());
     return cost;
   }
-  std::size_t workspace_bytes(const View<const float, 4>& q, const View<const float, 4>& k,
-                              const View<const float, 4>& v) const {
+  template <class Q, class K, class Val>
+  requires DenseStorage<Q, K, Val, float> std::size_t workspace_bytes(const View<Q, 4>& q, const View<K, 4>& k,
+                                                                      const View<Val, 4>& v)
+  const {
     const AttentionShape shape = checked_shape(q, k, v);
     const detail::XGeometry geo = geometry(shape);
     return call_bytes(shape, geo, stage_bytes(shape, detail::XScorer<V>(q, k, shape, geo, scale_for(shape))));
   }
 
   // q (B, Lq, Hq, D), k (B, Lk, Hkv, D), v (B, Lk, Hkv, Dv) -> out (B, Lq, Ho, Dv).
-  void operator()(const View<const float, 4>& q, const View<const float, 4>& k, const View<const float, 4>& v,
-                  const View<float, 4>& out, const Args& args = {}) const {
+  template <class Q, class K, class Val, class O>
+  requires DenseStorage<Q, K, Val, O>
+  void operator()(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v, const View<O, 4>& out,
+                  const Args& args = {}) const {
     const AttentionShape shape = attention_shape(q, k, v, &out);
     check_tau(shape.heads.out_heads());
     const detail::XGeometry geo = geometry(shape);
@@ -209,8 +221,8 @@ class Attention<XAttention, Backend> {
   }
 
  private:
-  AttentionShape checked_shape(const View<const float, 4>& q, const View<const float, 4>& k,
-                               const View<const float, 4>& v) const {
+  template <class Q, class K, class Val>
+  AttentionShape checked_shape(const View<Q, 4>& q, const View<K, 4>& k, const View<Val, 4>& v) const {
     const AttentionShape shape = attention_shape(q, k, v, nullptr);
     check_tau(shape.heads.out_heads());
     return shape;
