@@ -24,6 +24,21 @@ template <class T>
 View<T, 3> tokens_of(const View<T, 4>& x) {
   return View<T, 3>(x.data(), {x.extent(1), x.extent(2), x.extent(3)}, {x.stride(1), x.stride(2), x.stride(3)});
 }
+// A copy of a tensor in storage type T, viewed with the strides of `view` (a view into t), and t's
+// values rounded to T in place: what the references then read is what the kernel reads.
+template <class T>
+struct StoredCopy {
+  std::vector<T> data;
+  View<const T, 4> view;
+  StoredCopy(Tensor4& t, const View<const float, 4>& of) : data(t.data.size()) {
+    for (std::size_t i = 0; i < data.size(); ++i) {
+      data[i] = T(t.data[i]);
+      t.data[i] = ak::to_float(data[i]);
+    }
+    view = View<const T, 4>(data.data() + (of.data() - t.data.data()), of.extents(), of.strides());
+  }
+};
+
 // Rows [begin, begin + len) of a (batch, seq, head, dim) view.
 template <class T>
 View<T, 4> rows_of(const View<T, 4>& x, Index begin, Index len) {
@@ -70,9 +85,12 @@ void fuzz_dense(Case& c) {
       kv_lengths.clear();
   }
   const int which = c.choose_invalid(kViewBreaks + 8);
-  c.desc << "dense " << describe(s) << " causal " << options.causal << " scale " << options.scale.value_or(0)
-         << " window " << options.window.left << "/" << options.window.right << " lse " << want_lse << " workspace "
-         << workspace << (decode ? " decode" : "");
+  // Storage of K and V on valid calls: float, bfloat16 or float16; with Q of that type too.
+  enum class Stored { none, bf16_kv, f16_kv, bf16_qkv, f16_qkv };
+  const Stored stored = which != 0 ? Stored::none : static_cast<Stored>(std::max<Index>(r.range(-3, 4), 0));
+  c.desc << "dense stored " << static_cast<int>(stored) << " " << describe(s) << " causal " << options.causal
+         << " scale " << options.scale.value_or(0) << " window " << options.window.left << "/" << options.window.right
+         << " lse " << want_lse << " workspace " << workspace << (decode ? " decode" : "");
   if (packed) c.desc << " packed cu_q " << describe(cu_q) << " cu_kv " << describe(cu_kv);
   if (!q_lengths.empty() || !kv_lengths.empty())
     c.desc << " lengths q " << describe(q_lengths) << " kv " << describe(kv_lengths);
@@ -132,13 +150,14 @@ void fuzz_dense(Case& c) {
     default:
       break;
   }
-  const bool ran = run_attention<ak::Dense>(c, options, [&](const auto& attn) {
+  auto call = [&](const auto& attn, const auto& q4, const auto& k4, const auto& v4) {
     ak::Dense::Args args{.lengths = {q_lengths, kv_lengths}, .lse = lse};
     std::optional<AlignedBlock> block;
     if (packed) {
       const ak::CuSeqlens cu{cu_q, cu_kv};
       args.lengths = {};
-      const auto q3 = tokens_of(views.q), k3 = tokens_of(views.k), v3 = tokens_of(views.v);
+      const auto q3 = tokens_of(q4);
+      const auto k3 = tokens_of(k4), v3 = tokens_of(v4);
       if (workspace) {
         block.emplace(attn.workspace_bytes(q3, k3, v3, cu));
         args.workspace = {block->data(), block->bytes()};
@@ -146,10 +165,35 @@ void fuzz_dense(Case& c) {
       attn(q3, k3, v3, tokens_of(views.out), cu, args);
     } else {
       if (workspace) {
-        block.emplace(attn.workspace_bytes(views.q, views.k, views.v, args));
+        block.emplace(attn.workspace_bytes(q4, k4, v4, args));
         args.workspace = {block->data(), block->bytes()};
       }
-      attn(views.q, views.k, views.v, views.out, args);
+      attn(q4, k4, v4, views.out, args);
+    }
+  };
+  std::optional<StoredCopy<ak::bfloat16>> q_bf16, k_bf16, v_bf16;
+  std::optional<StoredCopy<ak::float16>> q_f16, k_f16, v_f16;
+  if (stored == Stored::bf16_kv || stored == Stored::bf16_qkv) {
+    k_bf16.emplace(t.k, views.k);
+    v_bf16.emplace(t.v, views.v);
+    if (stored == Stored::bf16_qkv) q_bf16.emplace(t.q, views.q);
+  } else if (stored == Stored::f16_kv || stored == Stored::f16_qkv) {
+    k_f16.emplace(t.k, views.k);
+    v_f16.emplace(t.v, views.v);
+    if (stored == Stored::f16_qkv) q_f16.emplace(t.q, views.q);
+  }
+  const bool ran = run_attention<ak::Dense>(c, options, [&](const auto& attn) {
+    switch (stored) {
+      case Stored::none:
+        return call(attn, views.q, views.k, views.v);
+      case Stored::bf16_kv:
+        return call(attn, views.q, k_bf16->view, v_bf16->view);
+      case Stored::f16_kv:
+        return call(attn, views.q, k_f16->view, v_f16->view);
+      case Stored::bf16_qkv:
+        return call(attn, q_bf16->view, k_bf16->view, v_bf16->view);
+      case Stored::f16_qkv:
+        return call(attn, q_f16->view, k_f16->view, v_f16->view);
     }
   });
   if (!ran) return;
