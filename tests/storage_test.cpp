@@ -172,6 +172,15 @@ struct Stored {
   explicit Stored(Index b, Index s, Index h, Index d, Layout layout) : Stored(Tensor4(b, s, h, d, layout)) {}
 };
 
+// A float copy of a stored tensor (same layout as shape_of, which it was made from): the values
+// the kernels read.
+template <class T>
+Tensor4 as_float(const Stored<T>& x, const Tensor4& shape_of) {
+  Tensor4 out = shape_of;
+  for (std::size_t i = 0; i < out.data.size(); ++i) out.data[i] = ak::to_float(x.data[i]);
+  return out;
+}
+
 struct StorageCase {
   Index batch = 1, q_len = 1, kv_len = 1, q_heads = 1, kv_heads = 1, head_dim = 8, v_dim = 0;
   bool causal = false;
@@ -202,9 +211,7 @@ void check_stored_dense(const StorageCase& c, Also also, Backend backend) {
   const bool q_stored = also == Also::kQ || also == Also::kQAndOut;
   const bool out_stored = also == Also::kOut || also == Also::kQAndOut;
   // The float Q the references see: Q's values after rounding when Q is stored.
-  Tensor4 q_seen = q;
-  if (q_stored)
-    for (std::size_t i = 0; i < q_seen.data.size(); ++i) q_seen.data[i] = ak::to_float(sq.data[i]);
+  const Tensor4 q_seen = q_stored ? as_float(sq, q) : q;
 
   const ak::SeqLengths lengths{c.q_lengths, c.kv_lengths};
   const ak::Attention<ak::Dense, Backend> attn(ak::Dense::Options{.causal = c.causal}, backend);
@@ -292,8 +299,8 @@ TEMPLATE_LIST_TEST_CASE("dense with stored K / V equals dense on the converted f
     k.fill_uniform(4);
     v.fill_uniform(5);
     const Stored<ak::bfloat16> sk(k), sv(v);
-    for (std::size_t i = 0; i < k.data.size(); ++i) k.data[i] = ak::to_float(sk.data[i]);
-    for (std::size_t i = 0; i < v.data.size(); ++i) v.data[i] = ak::to_float(sv.data[i]);
+    k = as_float(sk, k);
+    v = as_float(sv, v);
     const ak::Attention<ak::Dense, TestType> attn(ak::Dense::Options{.causal = c.causal}, backend);
     Tensor4 from_float(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout), from_stored = from_float;
     attn(q.view, k.view, v.view, from_float.view);
@@ -317,8 +324,7 @@ ak::detail::ScoreProducts run_dense_products(const StorageCase& c, const Stored<
   const ak::SequenceLayout seqs = ak::SequenceLayout::padded(shape, {c.q_lengths, c.kv_lengths});
   const ak::detail::DensePlan plan =
       ak::detail::make_dense_plan(shape, seqs, ak::RegisterTile<V>::geometry, ak::Storage::bf16, products);
-  std::vector<std::byte> workspace(ak::detail::dense_workspace_bytes(plan, 1) + 64);
-  void* aligned = workspace.data() + (64 - reinterpret_cast<std::uintptr_t>(workspace.data()) % 64) % 64;
+  const ak::detail::ScopedWorkspace workspace(ak::Workspace{}, ak::detail::dense_workspace_bytes(plan, 1));
   const ak::detail::DenseLaunch launch{.q = qc,
                                        .k = kc,
                                        .v = vc,
@@ -329,8 +335,8 @@ ak::detail::ScoreProducts run_dense_products(const StorageCase& c, const Stored<
                                        .shape = shape,
                                        .seqs = seqs,
                                        .plan = plan,
-                                       .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim)),
-                                       .workspace = aligned};
+                                       .scale = ak::detail::scale_or_default({}, c.head_dim),
+                                       .workspace = workspace.data()};
   ak::detail::zero_rows_past_lengths(out, seqs);
   if (c.causal)
     ak::detail::run_dense_kernel<V>(Backend{}, launch, ak::tile::CausalMask{});
@@ -431,8 +437,10 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
       q_rows[r] = q_pairs.data() + r * pairs;
     }
     std::vector<float> native(Tile::mr * padded), emulated(Tile::mr * padded);
-    ak::tile::score_block_pairs<NativeV>(q_rows, packed.data(), head_dim, padded, native.data(), padded);
-    ak::tile::score_block_pairs<EmulatedV>(q_rows, packed.data(), head_dim, padded, emulated.data(), padded);
+    ak::tile::score_block<NativeV, ak::tile::Bf16PairDot<NativeV>>(q_rows, packed.data(), pairs, padded, native.data(),
+                                                                   padded);
+    ak::tile::score_block<EmulatedV, ak::tile::Bf16PairDot<EmulatedV>>(q_rows, packed.data(), pairs, padded,
+                                                                       emulated.data(), padded);
     INFO("head_dim " << head_dim);
     CHECK(std::memcmp(native.data(), emulated.data(), native.size() * sizeof(float)) == 0);
     // And both are the float dot products of the stored values, to rounding.
@@ -450,14 +458,6 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
 }
 
 // ---- Block-sparse and XAttention on stored values ---------------------------------------------
-
-// Float copies of stored tensors: the values the kernels read.
-template <class T>
-Tensor4 as_float(const Stored<T>& x, const Tensor4& shape_of) {
-  Tensor4 out = shape_of;
-  for (std::size_t i = 0; i < out.data.size(); ++i) out.data[i] = ak::to_float(x.data[i]);
-  return out;
-}
 
 template <class T, class Backend>
 void check_sparse_storage(Backend backend, bool causal) {

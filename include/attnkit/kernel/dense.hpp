@@ -313,11 +313,8 @@ class DenseKernel {
               ldv = v_.stride(1);
             }
             int values_finite = -1;  // the block's values are all finite (1), not (0), not looked at (-1)
-            if constexpr (std::is_same_v<KV, bfloat16>)
-              if (pairs())
-                tile::pack_key_pairs<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k_pairs);
             if (!plan_.stream_keys) {
-              if (!pairs()) tile::pack_key_panels<Tile::cols>(k_block, ldk, keys, shape_.head_dim, scratch.packed_k);
+              pack_keys(k_block, ldk, keys, scratch);
               tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, scratch.packed_v);
             }
             for (Index t = 0; t < group_rows; t += Tile::mr) {
@@ -350,8 +347,8 @@ class DenseKernel {
                   tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
                 });
               else if (pairs())
-                tile::score_block_pairs<V>(q_pair_tile, scratch.packed_k_pairs, shape_.head_dim, padded_keys, scores,
-                                           lds);
+                tile::score_block<V, tile::Bf16PairDot<V>>(q_pair_tile, scratch.packed_k_pairs, pairs_per_row,
+                                                           padded_keys, scores, lds);
               else
                 tile::score_block<V>(q_tile, scratch.packed_k, shape_.head_dim, padded_keys, scores, lds);
               for (Index r = 0; r < tile_rows; ++r) {
@@ -421,6 +418,13 @@ class DenseKernel {
 
  private:
   bool pairs() const { return plan_.score_products == ScoreProducts::bf16_pairs; }
+
+  // A K block in the layout the plan's score products read: float panels or bfloat16 pair panels.
+  void pack_keys(const Rows* k, Index ldk, Index keys, const DenseScratch& scratch) const {
+    if constexpr (std::is_same_v<KV, bfloat16>)
+      if (pairs()) return tile::pack_key_pairs<Tile::cols>(k, ldk, keys, shape_.head_dim, scratch.packed_k_pairs);
+    tile::pack_key_panels<Tile::cols>(k, ldk, keys, shape_.head_dim, scratch.packed_k);
+  }
 
   // Calls f(item row, output row, log-sum-exp slot or null) for every real row of an item.
   template <class F>

@@ -13,7 +13,8 @@
 //                       The instruction treats subnormal inputs as zero and flushes subnormal
 //                       sums to zero; the emulation keeps them, so the two agree bit for bit
 //                       unless a value or a partial sum is below FLT_MIN in magnitude.
-//   score_block_pairs:  S (MR, padded keys) for a whole packed block, as score_block.
+// The scores of a packed block are score_block<V, Bf16PairDot<V>> (tile/microkernel.hpp) over
+// pair_words(head_dim) steps.
 #pragma once
 
 #include <algorithm>
@@ -24,6 +25,7 @@
 #include "attnkit/backend/vec.hpp"
 #include "attnkit/core/storage.hpp"
 #include "attnkit/core/view.hpp"
+#include "attnkit/tile/microkernel.hpp"
 #include "attnkit/tile/pack.hpp"
 #include "attnkit/tile/tile_shape.hpp"
 
@@ -74,9 +76,11 @@ template <class Arch>
 inline constexpr bool kNativeBf16Pairs<xsimd::batch<float, Arch>> = std::is_base_of_v<xsimd::avx512f, Arch>;
 #endif
 
+// A Dot policy of score_panel (tile/microkernel.hpp) over pair words.
 template <class V>
 struct Bf16PairDot {
   using Ops = VecOps<V>;
+  using Element = std::uint32_t;
   struct Keys {  // `width` key words as their two halves
     V even, odd;
   };
@@ -103,6 +107,7 @@ template <class Arch>
 requires std::is_base_of_v<xsimd::avx512f, Arch>
 struct Bf16PairDot<xsimd::batch<float, Arch>> {
   using V = xsimd::batch<float, Arch>;
+  using Element = std::uint32_t;
   using Keys = __m512i;
   using Query = __m512i;
   static Keys load(const std::uint32_t* words) { return _mm512_loadu_si512(words); }
@@ -112,38 +117,5 @@ struct Bf16PairDot<xsimd::batch<float, Arch>> {
   }
 };
 #endif
-
-// s[r][c] = Σ_p q_pairs[r][p] · panel[p][c] (both halves) for one packed key panel.
-// q_pairs: MR pointers to (pairs) words; panel: (pairs, NR * W) words; s: (MR, lds).
-template <class V, int MR, int NR>
-inline void score_panel_pairs(const std::uint32_t* const* q_pairs, const std::uint32_t* panel, Index pairs, float* s,
-                              Index lds) {
-  using Ops = VecOps<V>;
-  using Dot = Bf16PairDot<V>;
-  constexpr int W = Ops::width;
-  V acc[MR][NR];
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NR; ++n) acc[r][n] = Ops::zero();
-  for (Index p = 0; p < pairs; ++p) {
-    typename Dot::Keys k[NR];
-    for (int n = 0; n < NR; ++n) k[n] = Dot::load(panel + p * (NR * W) + n * W);
-    for (int r = 0; r < MR; ++r) {
-      const typename Dot::Query q = Dot::broadcast(q_pairs[r][p]);
-      for (int n = 0; n < NR; ++n) acc[r][n] = Dot::dot(acc[r][n], q, k[n]);
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NR; ++n) Ops::store(s + r * lds + n * W, acc[r][n]);
-}
-
-// S (MR, padded_keys) for a whole packed block of pair panels.
-template <class V>
-inline void score_block_pairs(const std::uint32_t* const* q_pairs, const std::uint32_t* packed_k, Index head_dim,
-                              Index padded_keys, float* s, Index lds) {
-  using Tile = RegisterTile<V>;
-  const Index pairs = pair_words(head_dim);
-  for (Index c = 0; c < padded_keys; c += Tile::cols)
-    score_panel_pairs<V, Tile::mr, Tile::nr>(q_pairs, packed_k + c * pairs, pairs, s + c, lds);
-}
 
 }  // namespace attnkit::tile

@@ -19,34 +19,51 @@
 
 namespace attnkit::tile {
 
-// s[r][c] = Σ_d q_rows[r][d] · panel[d][c] for one packed key panel.
-// q_rows: MR pointers to (head_dim) rows; panel: (head_dim, NR * W); s: (MR, lds).
-template <class V, int MR, int NR>
-inline void score_panel(const float* const* q_rows, const float* panel, Index head_dim, float* s, Index lds) {
+// The products of one step of a packed key panel: float elements, one fused multiply-add per
+// (row, key). A Dot policy gives Element (what rows and panels hold), Keys (W keys' elements of a
+// step, loaded), Query (a row's element, broadcast) and dot(acc, query, keys); tile/bf16_pairs.hpp
+// has the bfloat16-pair one.
+template <class V>
+struct FloatDot {
+  using Ops = VecOps<V>;
+  using Element = float;
+  using Keys = V;
+  using Query = V;
+  static Keys load(const float* p) { return Ops::load(p); }
+  static Query broadcast(float x) { return Ops::broadcast(x); }
+  static V dot(const V& acc, const Query& q, const Keys& k) { return Ops::fma(q, k, acc); }
+};
+
+// s[r][c] = Σ_d q_rows[r][d] · panel[d][c] for one packed key panel, d over `steps` elements.
+// q_rows: MR pointers to (steps) rows; panel: (steps, NR * W); s: (MR, lds).
+template <class V, int MR, int NR, class Dot = FloatDot<V>>
+inline void score_panel(const typename Dot::Element* const* q_rows, const typename Dot::Element* panel, Index steps,
+                        float* s, Index lds) {
   using Ops = VecOps<V>;
   constexpr int W = Ops::width;
   V acc[MR][NR];
   for (int r = 0; r < MR; ++r)
     for (int n = 0; n < NR; ++n) acc[r][n] = Ops::zero();
-  for (Index d = 0; d < head_dim; ++d) {
-    V k[NR];
-    for (int n = 0; n < NR; ++n) k[n] = Ops::load(panel + d * (NR * W) + n * W);
+  for (Index d = 0; d < steps; ++d) {
+    typename Dot::Keys k[NR];
+    for (int n = 0; n < NR; ++n) k[n] = Dot::load(panel + d * (NR * W) + n * W);
     for (int r = 0; r < MR; ++r) {
-      const V q = Ops::broadcast(q_rows[r][d]);
-      for (int n = 0; n < NR; ++n) acc[r][n] = Ops::fma(q, k[n], acc[r][n]);
+      const typename Dot::Query q = Dot::broadcast(q_rows[r][d]);
+      for (int n = 0; n < NR; ++n) acc[r][n] = Dot::dot(acc[r][n], q, k[n]);
     }
   }
   for (int r = 0; r < MR; ++r)
     for (int n = 0; n < NR; ++n) Ops::store(s + r * lds + n * W, acc[r][n]);
 }
 
-// S (MR, padded_keys) for a whole packed K block: padded_keys / cols panels side by side.
-template <class V>
-inline void score_block(const float* const* q_rows, const float* packed_k, Index head_dim, Index padded_keys, float* s,
-                        Index lds) {
+// S (MR, padded_keys) for a whole packed K block: padded_keys / cols panels of `steps` rows side by
+// side (steps: head_dim for floats; Dot says what a step holds).
+template <class V, class Dot = FloatDot<V>>
+inline void score_block(const typename Dot::Element* const* q_rows, const typename Dot::Element* packed_k, Index steps,
+                        Index padded_keys, float* s, Index lds) {
   using Tile = RegisterTile<V>;
   for (Index c = 0; c < padded_keys; c += Tile::cols)
-    score_panel<V, Tile::mr, Tile::nr>(q_rows, packed_k + c * head_dim, head_dim, s + c, lds);
+    score_panel<V, Tile::mr, Tile::nr, Dot>(q_rows, packed_k + c * steps, steps, s + c, lds);
 }
 
 // s[r][j] = Σ_d q_rows[r][d] · k[j][d] for j < keys; k rows `ldk` apart, read in place (and
