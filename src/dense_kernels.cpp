@@ -31,7 +31,8 @@ void run(int threads, const attnkit::detail::DenseLaunch& call, const Mask& mask
 }
 
 const attnkit::detail::DenseVariants variants{&run<attnkit::tile::NoMask>, &run<attnkit::tile::CausalMask>,
-                                              &run<attnkit::tile::WindowMask>, attnkit::tile::kNativeBf16Pairs<V>};
+                                              &run<attnkit::tile::WindowMask>, attnkit::tile::kNativeBf16Pairs<V>,
+                                              attnkit::tile::kAmxVector<V>&& ATTNKIT_AMX_ASM};
 
 }  // namespace
 

@@ -315,9 +315,9 @@ TEMPLATE_LIST_TEST_CASE("dense with stored K / V equals dense on the converted f
 // for the given score products: the kernel layer, since the front door takes bfloat16 pairs only
 // where the CPU runs vdpbf16ps. Returns the plan's products and fills out.
 template <class Backend>
-ak::detail::ScoreProducts run_dense_products(const StorageCase& c, const Stored<ak::bfloat16>& q,
+ak::detail::DenseProducts run_dense_products(const StorageCase& c, const Stored<ak::bfloat16>& q,
                                              const Stored<ak::bfloat16>& k, const Stored<ak::bfloat16>& v,
-                                             ak::detail::ScoreProducts products, const ak::View<float, 4>& out) {
+                                             ak::detail::DenseProducts products, const ak::View<float, 4>& out) {
   using V = ak::vector_t<Backend>;
   const ak::View<const ak::bfloat16, 4> qc = q.view, kc = k.view, vc = v.view;
   const ak::AttentionShape shape = ak::attention_shape(qc, kc, vc, &out);
@@ -342,22 +342,17 @@ ak::detail::ScoreProducts run_dense_products(const StorageCase& c, const Stored<
     ak::detail::run_dense_kernel<V>(Backend{}, launch, ak::tile::CausalMask{});
   else
     ak::detail::run_dense_kernel<V>(Backend{}, launch, ak::tile::NoMask{});
-  return plan.score_products;
+  return plan.products;
 }
 
 using StaticBackends = std::tuple<ak::Scalar, ak::test::Sse2, ak::test::Avx2Geometry, ak::test::Avx512Geometry>;
 
-// The bfloat16-pairs path on every vector type (vdpbf16ps where the build and CPU have it, the
-// emulation elsewhere) against the references on the stored values, design.md 4's rule.
-TEMPLATE_LIST_TEST_CASE("dense bfloat16 pairs (vdpbf16ps or its emulation) match the reference on the stored values",
-                        "[storage][dense][bf16pairs]", StaticBackends) {
-  using V = ak::vector_t<TestType>;
-  static bool printed = false;
-  if (!printed)
-    std::printf("bf16 pairs on %s: %s\n", TestType::name().c_str(),
-                ak::tile::kNativeBf16Pairs<V> ? "vdpbf16ps" : "emulated");
-  printed = true;
-  Index paired = 0;
+// The bfloat16 products on every vector type (the instructions where the build and the CPU have
+// them, the emulations elsewhere) against the references on the stored values, design.md 4's
+// rule; AMX tiles also round P to bfloat16, which may add 2^-8 max |v| (README, Conventions).
+template <class Backend>
+void check_bf16_products(ak::detail::DenseProducts products) {
+  Index planned = 0;
   for (const auto& [what, c] : storage_cases()) {
     INFO(what);
     const Index out_heads = std::max(c.q_heads, c.kv_heads), v_dim = c.v_dim > 0 ? c.v_dim : c.head_dim;
@@ -369,19 +364,43 @@ TEMPLATE_LIST_TEST_CASE("dense bfloat16 pairs (vdpbf16ps or its emulation) match
     const Stored<ak::bfloat16> sq(q), sk(k), sv(v);
     Tensor4 out(c.batch, c.q_len, out_heads, v_dim, c.layout);
     if (c.batch * c.q_len * c.kv_len == 0) continue;
-    paired += run_dense_products<TestType>(c, sq, sk, sv, ak::detail::ScoreProducts::bf16_pairs, out.view) ==
-              ak::detail::ScoreProducts::bf16_pairs;
+    planned += run_dense_products<Backend>(c, sq, sk, sv, products, out.view) == products;
     const ak::test::ReferenceOutputs reference({c.batch, c.q_len, out_heads, v_dim});
     const ak::reference::DenseOptions ref{.causal = c.causal};
     const ak::SeqLengths lengths{c.q_lengths, c.kv_lengths};
     ak::reference::dense<double>(sq.view, sk.view, sv.view, reference.exact, ak::View<double, 3>{}, ref, lengths);
     ak::reference::dense<float>(sq.view, sk.view, sv.view, reference.naive, ak::View<float, 3>{}, ref, lengths);
+    double max_v = 0;
+    for (const ak::bfloat16 x : sv.data) max_v = std::max(max_v, std::abs(double(ak::to_float(x))));
+    const double rounded_p = products == ak::detail::DenseProducts::amx_bf16 ? std::ldexp(max_v, -8) : 0.0;
     const double float_error = ak::test::max_abs_diff(reference.naive, reference.exact);
     const double error = ak::test::max_abs_diff(out.view, reference.exact);
-    INFO("kernel error " << error << ", float reference error " << float_error);
-    CHECK(error <= ak::test::exact_tolerance(float_error));
+    INFO("kernel error " << error << ", float reference error " << float_error << ", rounded-P bound " << rounded_p);
+    CHECK(error <= ak::test::exact_tolerance(float_error) + rounded_p);
   }
-  CHECK(paired >= 10);  // the prefill-like cases (packed keys) ran the pairs path
+  CHECK(planned >= 10);  // the prefill-like cases (packed keys) ran the path
+}
+
+TEMPLATE_LIST_TEST_CASE("dense bfloat16 pairs (vdpbf16ps or its emulation) match the reference on the stored values",
+                        "[storage][dense][bf16pairs]", StaticBackends) {
+  using V = ak::vector_t<TestType>;
+  static bool printed = false;
+  if (!printed)
+    std::printf("bf16 pairs on %s: %s\n", TestType::name().c_str(),
+                ak::tile::kNativeBf16Pairs<V> ? "vdpbf16ps" : "emulated");
+  printed = true;
+  check_bf16_products<TestType>(ak::detail::DenseProducts::bf16_pairs);
+}
+
+TEMPLATE_LIST_TEST_CASE("dense AMX-BF16 tiles (tdpbf16ps or its emulation) match the reference on the stored values",
+                        "[storage][dense][amx]", StaticBackends) {
+  using V = ak::vector_t<TestType>;
+  static bool printed = false;
+  if (!printed)
+    std::printf("AMX-BF16 tiles on %s: %s\n", TestType::name().c_str(),
+                ak::tile::kAmxVector<V> && ak::tile::amx_tiles_usable() ? "tdpbf16ps" : "emulated");
+  printed = true;
+  check_bf16_products<TestType>(ak::detail::DenseProducts::amx_bf16);
 }
 
 // Where the build and the CPU have AVX512-BF16: the scores of vdpbf16ps (AVX-512) and of the
@@ -399,10 +418,10 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
   }
   using Tile = ak::RegisterTile<NativeV>;
   static_assert(Tile::geometry == ak::RegisterTile<EmulatedV>::geometry);
-  CHECK(ak::detail::dense_score_products(Native{}, ak::Storage::bf16, ak::Storage::bf16) ==
-        ak::detail::ScoreProducts::bf16_pairs);
-  CHECK(ak::detail::dense_score_products(Native{}, ak::Storage::f32, ak::Storage::bf16) ==
-        ak::detail::ScoreProducts::f32);
+  CHECK(ak::detail::dense_products(Native{}, ak::Storage::bf16, ak::Storage::bf16,
+                                   ak::detail::DenseProducts::bf16_pairs) == ak::detail::DenseProducts::bf16_pairs);
+  CHECK(ak::detail::dense_products(Native{}, ak::Storage::f32, ak::Storage::bf16,
+                                   ak::detail::DenseProducts::bf16_pairs) == ak::detail::DenseProducts::f32);
   // Through the front door, opted in: the references' rule on a prefill shape.
   {
     const StorageCase c{1, 150, 150, 4, 2, 64, 0, true};
@@ -417,7 +436,7 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
     attn(ak::View<const ak::bfloat16, 4>(sq.view), ak::View<const ak::bfloat16, 4>(sk.view),
          ak::View<const ak::bfloat16, 4>(sv.view), out.view);
     Tensor4 kernel_level = out;
-    run_dense_products<Native>(c, sq, sk, sv, ak::detail::ScoreProducts::bf16_pairs, kernel_level.view);
+    run_dense_products<Native>(c, sq, sk, sv, ak::detail::DenseProducts::bf16_pairs, kernel_level.view);
     CHECK(ak::test::flatten(out.view) == ak::test::flatten(kernel_level.view));
   }
   std::mt19937 rng(9);
@@ -427,13 +446,13 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
     std::vector<ak::bfloat16> q(Tile::mr * head_dim), k(keys * head_dim);
     for (auto& x : q) x = ak::bfloat16(value(rng));
     for (auto& x : k) x = ak::bfloat16(value(rng));
-    std::vector<std::uint32_t> packed(ak::tile::packed_key_pair_words(keys, head_dim, Tile::cols));
-    ak::tile::pack_key_pairs<Tile::cols>(k.data(), head_dim, keys, head_dim, packed.data());
     const Index pairs = ak::tile::pair_words(head_dim);
+    std::vector<std::uint32_t> packed(ak::tile::packed_key_pair_words(keys, pairs, Tile::cols));
+    ak::tile::pack_key_pairs<Tile::cols>(k.data(), head_dim, keys, head_dim, pairs, packed.data());
     std::vector<std::uint32_t> q_pairs(Tile::mr * pairs);
     const std::uint32_t* q_rows[Tile::mr];
     for (int r = 0; r < Tile::mr; ++r) {
-      ak::tile::pack_query_pairs(q.data() + r * head_dim, head_dim, q_pairs.data() + r * pairs);
+      ak::tile::pack_query_pairs(q.data() + r * head_dim, head_dim, pairs, q_pairs.data() + r * pairs);
       q_rows[r] = q_pairs.data() + r * pairs;
     }
     std::vector<float> native(Tile::mr * padded), emulated(Tile::mr * padded);
@@ -454,6 +473,116 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
   }
 #else
   std::printf("bf16 pairs: vdpbf16ps not run (the build targets no AVX-512)\n");
+#endif
+}
+
+// AMX tiles at the tile layer: the products of the packed layouts (tile/amx_bf16.hpp) against
+// double dot products of the unpacked values, natively where the CPU has AMX and emulated on every
+// host (AVX-512, AVX2, SSE2 and scalar vector types), for head_dim and v_dim that fill whole tiles
+// or not and key counts that leave padding. Emulation and instruction agree to float rounding
+// (Intel leaves the tiles' summation order open; tile/amx_bf16.hpp).
+template <class V>
+void check_amx_tile_products(bool native) {
+  namespace tl = ak::tile;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> value(-4.0f, 4.0f);
+  const std::tuple<Index, Index, Index> shapes[] = {
+      {128, 128, 256}, {7, 24, 45}, {64, 40, 32}, {1, 16, 1}, {33, 80, 70}};
+  for (const auto& [head_dim, v_dim, keys] : shapes) {
+    INFO("head_dim " << head_dim << " v_dim " << v_dim << " keys " << keys);
+    const Index rows = tl::kAmxPassRows, words = tl::amx_pair_words(head_dim);
+    const Index padded = (keys + tl::kAmxKeyStep - 1) / tl::kAmxKeyStep * tl::kAmxKeyStep;
+    std::vector<ak::bfloat16> q(rows * head_dim), k(keys * head_dim), v(keys * v_dim);
+    for (auto* x : {&q, &k, &v})
+      for (auto& e : *x) e = ak::bfloat16(value(rng));
+    std::vector<std::uint32_t> q_pairs(rows * words), k_panels(tl::amx_key_words(keys, words)),
+        v_strips(tl::amx_value_words(keys, v_dim)), p_pairs(rows * padded / 2);
+    for (Index r = 0; r < rows; ++r)
+      tl::pack_query_pairs(q.data() + r * head_dim, head_dim, words, &q_pairs[r * words]);
+    tl::pack_amx_keys(k.data(), head_dim, keys, head_dim, words, k_panels.data());
+    tl::pack_amx_values(v.data(), v_dim, keys, v_dim, v_strips.data());
+    const tl::AmxBf16<V> amx(native);
+    REQUIRE(amx.native() == native);
+    const auto session = amx.begin();
+    std::vector<float> s(rows * padded, -1.0f);
+    amx.scores(q_pairs.data(), words, k_panels.data(), words, padded / tl::kAmxWords, s.data(), padded);
+    for (Index r = 0; r < rows; ++r)
+      for (Index j = 0; j < padded; ++j) {
+        double dot = 0, size = 0;
+        for (Index d = 0; j < keys && d < head_dim; ++d) {
+          const double term = double(ak::to_float(q[r * head_dim + d])) * double(ak::to_float(k[j * head_dim + d]));
+          dot += term;
+          size += std::abs(term);
+        }
+        CHECK(std::abs(s[r * padded + j] - dot) <= 0x1p-23 * double(head_dim) * size);  // 0 past the keys
+      }
+    // P: the scores scaled into [0, 1) (any float rounds to bfloat16), then acc = 1 + P . V.
+    for (float& x : s) x = std::abs(x) / (1.0f + std::abs(x));
+    tl::pack_amx_probs<V>(s.data(), padded, rows, padded, p_pairs.data());
+    const Index ldo = (v_dim + 15) / 16 * 16;
+    std::vector<float> acc(rows * ldo, 1.0f);
+    amx.accumulate(p_pairs.data(), padded / 2, v_strips.data(), tl::amx_value_strip_words(keys),
+                   padded / tl::kAmxKeyStep, (v_dim + 15) / 16, acc.data(), ldo);
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < v_dim; ++c) {
+        double sum = 1, size = 1;
+        for (Index j = 0; j < keys; ++j) {
+          const double p = ak::to_float(ak::bfloat16(s[r * padded + j]));  // P as the tiles see it
+          sum += p * double(ak::to_float(v[j * v_dim + c]));
+          size += std::abs(p * double(ak::to_float(v[j * v_dim + c])));
+        }
+        CHECK(std::abs(acc[r * ldo + c] - sum) <= 0x1p-23 * double(keys + 1) * size);
+      }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("AMX-BF16 tile products (emulated) equal double products of the unpacked values",
+                        "[storage][amx]", StaticBackends) {
+  check_amx_tile_products<ak::vector_t<TestType>>(false);
+}
+
+TEST_CASE("AMX-BF16 tile products (tdpbf16ps) equal double products of the unpacked values; the front door takes them",
+          "[storage][amx][isa]") {
+#if XSIMD_WITH_AVX512BW
+  using Native = ak::Simd<xsimd::avx512bw>;
+  using NativeV = ak::vector_t<Native>;
+  if (!ak::tile::amx_tiles_usable()) {
+    std::printf("AMX-BF16: tdpbf16ps not run (the CPU lacks AMX-BF16 or the OS did not grant the tiles)\n");
+    CHECK(ak::detail::dense_products(Native{}, ak::Storage::bf16, ak::Storage::bf16,
+                                     ak::detail::DenseProducts::amx_bf16) != ak::detail::DenseProducts::amx_bf16);
+    return;
+  }
+  std::printf("AMX-BF16: tdpbf16ps run\n");
+  check_amx_tile_products<NativeV>(true);
+  CHECK(ak::detail::dense_products(Native{}, ak::Storage::bf16, ak::Storage::bf16,
+                                   ak::detail::DenseProducts::amx_bf16) == ak::detail::DenseProducts::amx_bf16);
+  CHECK(ak::detail::dense_products(Native{}, ak::Storage::bf16, ak::Storage::f16,
+                                   ak::detail::DenseProducts::amx_bf16) == ak::detail::DenseProducts::f32);
+  // The front door, opted in, runs the kernel layer's AMX plan: the same bits, on a static and on
+  // the dispatched backend (its avx512 variant).
+  const StorageCase c{1, 150, 150, 4, 2, 64, 0, true};
+  Tensor4 q(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout), k(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout),
+      v(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout), out(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout);
+  q.fill_uniform(1, -2.0f, 2.0f);
+  k.fill_uniform(2, -2.0f, 2.0f);
+  v.fill_uniform(3);
+  const Stored<ak::bfloat16> sq(q), sk(k), sv(v);
+  const ak::View<const ak::bfloat16, 4> qs = sq.view, ks = sk.view, vs = sv.view;
+  Tensor4 kernel_level = out, dispatched = out;
+  REQUIRE(run_dense_products<Native>(c, sq, sk, sv, ak::detail::DenseProducts::amx_bf16, kernel_level.view) ==
+          ak::detail::DenseProducts::amx_bf16);
+  const ak::Attention<ak::Dense, Native> attn({.causal = true, .bf16_products = ak::Dense::Bf16Products::amx_tiles});
+  attn(qs, ks, vs, out.view);
+  CHECK(ak::test::flatten(out.view) == ak::test::flatten(kernel_level.view));
+  if (ak::cpu_isa() == ak::Isa::avx512) {
+    const ak::Attention<ak::Dense, ak::OpenMP<>> threaded(
+        {.causal = true, .bf16_products = ak::Dense::Bf16Products::amx_tiles},
+        ak::OpenMP<>{.num_threads = 2, .inner = {.isa = ak::Isa::avx512}});
+    threaded(qs, ks, vs, dispatched.view);
+    CHECK(ak::test::flatten(dispatched.view) == ak::test::flatten(kernel_level.view));
+  }
+#else
+  std::printf("AMX-BF16: tdpbf16ps not run (the build targets no AVX-512)\n");
 #endif
 }
 

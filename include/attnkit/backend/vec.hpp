@@ -41,6 +41,11 @@ struct VecOps<float> {
     even = std::bit_cast<float>(*words << 16);
     odd = std::bit_cast<float>(*words & 0xFFFF0000u);
   }
+  // The inverse, rounding: a word of bfloat16(low) (its low 16 bits) and bfloat16(high).
+  static void store_bf16_pairs(float low, float high, std::uint32_t* words) {
+    *words = static_cast<std::uint32_t>(detail::bfloat16_bits(low)) |
+             static_cast<std::uint32_t>(detail::bfloat16_bits(high)) << 16;
+  }
   static void store(float* p, float x) { *p = x; }
   static float broadcast(float x) { return x; }
   static float zero() { return 0.0f; }
@@ -103,6 +108,17 @@ struct VecOps<xsimd::batch<float, Arch>> {
     const Words w = Words::load_unaligned(words);
     even = xsimd::bitwise_cast<V>(w << 16);
     odd = xsimd::bitwise_cast<V>(w & Words(0xFFFF0000u));
+  }
+  // Lane i of words = bfloat16(low[i]) | bfloat16(high[i]) << 16, rounded to nearest even with NaN
+  // kept (detail::bfloat16_bits, lane by lane).
+  static void store_bf16_pairs(const V& low, const V& high, std::uint32_t* words) {
+    using Words = xsimd::batch<std::uint32_t, Arch>;
+    const auto bits = [](const V& x) {
+      const Words u = xsimd::bitwise_cast<Words>(x);
+      const Words rounded = (u + Words(0x7fffu) + ((u >> 16) & Words(1u))) >> 16;
+      return xsimd::select((u & Words(0x7fffffffu)) > Words(0x7f800000u), (u >> 16) | Words(0x0040u), rounded);
+    };
+    (bits(low) | bits(high) << 16).store_unaligned(words);
   }
   // Any element type, one lane at a time.
   template <class T>

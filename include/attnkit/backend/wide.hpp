@@ -73,6 +73,9 @@ struct VecOps<Wide<B, N>> {
   static void load_pair_halves(const std::uint32_t* words, V& even, V& odd) {
     for (int i = 0; i < N; ++i) Part::load_pair_halves(words + i * Part::width, even.part[i], odd.part[i]);
   }
+  static void store_bf16_pairs(const V& low, const V& high, std::uint32_t* words) {
+    for (int i = 0; i < N; ++i) Part::store_bf16_pairs(low.part[i], high.part[i], words + i * Part::width);
+  }
   static void store(float* p, const V& x) {
     for (int i = 0; i < N; ++i) Part::store(p + i * Part::width, x.part[i]);
   }

@@ -11,9 +11,10 @@
 // float where they are read (packing, or the in-place micro-kernels' loads); Q rows are converted
 // when they are copied and scaled, output rows when they are written. int8 K / V (QuantizedView)
 // are dequantized block by block into float scratch and then read as float rows. The math is float.
-// Scores are (scale q) . k, except on the bfloat16-pairs path (ScoreProducts::bf16_pairs, bfloat16
-// Q and K, packed prefill: tile/bf16_pairs.hpp), where they are q . k with exact products and the
-// softmax applies the scale.
+// Scores are (scale q) . k, except on the bfloat16 paths of packed prefill (bfloat16 Q and K),
+// where they are q . k with exact products and the softmax applies the scale: bfloat16 pairs
+// (DenseProducts::bf16_pairs, tile/bf16_pairs.hpp) and AMX tiles (DenseProducts::amx_bf16,
+// tile/amx_bf16.hpp), which also form P . V from probabilities rounded to bfloat16.
 // The mask policy (tile/mask.hpp) gives each row's visible keys; a Blocks policy the key blocks an
 // item visits. Not here: options and validation (mechanism/dense.hpp), the tile pieces (tile/).
 #pragma once
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <numeric>
 
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/quantize.hpp"
@@ -30,6 +32,7 @@
 #include "attnkit/core/view.hpp"
 #include "attnkit/core/workspace.hpp"
 #include "attnkit/core/workspace_layout.hpp"
+#include "attnkit/tile/amx_bf16.hpp"
 #include "attnkit/tile/bf16_pairs.hpp"
 #include "attnkit/tile/mask.hpp"
 #include "attnkit/tile/microkernel.hpp"
@@ -50,35 +53,38 @@ struct AllKeyBlocks {
   }
 };
 
-// How Q · Kᵀ is formed: float products on float rows (K converted where it is read, the query
-// scaled first), or bfloat16 pairs (vdpbf16ps, or its emulation on a vector type without it) on
-// bfloat16 Q and K when keys are packed.
-enum class ScoreProducts { f32, bf16_pairs };
+// How Q · Kᵀ and P · V are formed: float products on float rows (K and V converted where they
+// are read, the query scaled first); or, on bfloat16 Q, K and V when keys are packed, Q · Kᵀ on
+// bfloat16 pairs (vdpbf16ps, or its emulation on a vector type without it), or both products on
+// AMX-BF16 tiles (or their emulation) with P rounded to bfloat16.
+enum class DenseProducts { f32, bf16_pairs, amx_bf16 };
 
 // Tiling and work split of one dense call; a function of the shape and the tile geometry only.
 // Every extent, stride and padding of the kernel's buffers comes from here.
 struct DensePlan {
-  TileGeometry tile{};        // register tile the kernel runs (checked against its vector type)
-  Index group = 1;            // out heads per kv head (rows of one position)
-  Index kv_groups = 0;        // kv heads (out_heads / group)
-  Index groups_per_item = 1;  // kv heads one work item covers
-  Index item_groups = 0;      // kv_groups / groups_per_item
-  Index kv_block = 0;         // keys per block
-  Index key_pad = 1;          // a row's scores are computed and softmaxed in multiples of this:
-                              // a key panel (tile.cols()) when packed, one vector when in place
-  Index score_stride = 0;     // floats between score rows: kv_block rounded up to key_pad
-  Index q_chunk = 0;          // query positions per work item
-  Index group_rows = 0;       // rows of one kv head in a work item, padded to the register tile
-  Index rows = 0;             // rows per work item: groups_per_item * group_rows
-  Index chunks = 0;           // work items along the query axis of the longest sequence
-  Index split_keys = 0;       // keys per split
-  Index splits = 1;           // key splits per sequence (> 1: partial results merged)
-  Index items = 0;            // sequences * item_groups * chunks * splits
-  Index acc_cols = 0;         // v_dim padded to whole value strips: the accumulator row length
-  bool stream_keys = false;   // a kv head's rows fit one register tile: K / V rows read in place
-  bool dequantize = false;    // int8 K / V: each block dequantized into scratch first
-  ScoreProducts score_products = ScoreProducts::f32;  // bf16_pairs only with packed keys
-  std::size_t scratch_bytes = 0;                      // per thread (DenseScratch)
+  TileGeometry tile{};                          // register tile the kernel runs (checked against its vector type)
+  Index group = 1;                              // out heads per kv head (rows of one position)
+  Index kv_groups = 0;                          // kv heads (out_heads / group)
+  Index groups_per_item = 1;                    // kv heads one work item covers
+  Index item_groups = 0;                        // kv_groups / groups_per_item
+  Index kv_block = 0;                           // keys per block
+  Index key_pad = 1;                            // a row's scores are computed and softmaxed in multiples of this:
+                                                // a key panel (tile.cols()) when packed, one vector when in place
+  Index score_stride = 0;                       // floats between score rows: kv_block rounded up to key_pad
+  Index q_chunk = 0;                            // query positions per work item
+  Index row_tile = 1;                           // rows one pass over a key block computes: tile.mr, or AMX's 32
+  Index group_rows = 0;                         // rows of one kv head in a work item, padded to row_tile
+  Index rows = 0;                               // rows per work item: groups_per_item * group_rows
+  Index chunks = 0;                             // work items along the query axis of the longest sequence
+  Index split_keys = 0;                         // keys per split
+  Index splits = 1;                             // key splits per sequence (> 1: partial results merged)
+  Index items = 0;                              // sequences * item_groups * chunks * splits
+  Index acc_cols = 0;                           // v_dim padded to whole value strips: the accumulator row length
+  Index pair_words = 0;                         // words of a query row / key panel row of bfloat16 pairs (0: floats)
+  bool stream_keys = false;                     // a kv head's rows fit one register tile: K / V rows read in place
+  bool dequantize = false;                      // int8 K / V: each block dequantized into scratch first
+  DenseProducts products = DenseProducts::f32;  // bfloat16 ones only with packed keys
+  std::size_t scratch_bytes = 0;                // per thread (DenseScratch)
 };
 
 // Keys per block when K / V rows are read in place (decode): small enough that the next block
@@ -92,7 +98,7 @@ inline constexpr Index kSplitKeys = 2048;
 void set_plan_layout(DensePlan& plan, const AttentionShape& shape);
 
 inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayout& seqs, const TileGeometry& tile,
-                                 Storage kv_storage = Storage::f32, ScoreProducts products = ScoreProducts::f32) {
+                                 Storage kv_storage = Storage::f32, DenseProducts products = DenseProducts::f32) {
   DensePlan plan;
   plan.tile = tile;
   plan.dequantize = kv_storage == Storage::i8;
@@ -100,15 +106,21 @@ inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayo
   plan.kv_groups = shape.heads.out_heads() / plan.group;
   plan.q_chunk = std::max<Index>(1, rows_per_item(shape.v_dim) / plan.group);
   plan.q_chunk = std::min(plan.q_chunk, std::max<Index>(seqs.max_q_len(), 1));
-  plan.group_rows = tile.pad_rows(plan.q_chunk * plan.group);
   // Few rows per kv head: no packing, and one item walks every kv head so that it reads whole
   // (all-head) key rows, which the caches stream well.
   plan.stream_keys = plan.q_chunk * plan.group <= tile.mr;
+  plan.products = plan.stream_keys ? DenseProducts::f32 : products;
+  const bool amx = plan.products == DenseProducts::amx_bf16;
+  // AMX's products cost a fraction of the float ones, so packing a K / V block is shared by 4x the
+  // rows (their accumulators, 1 MiB at v_dim 256, sit in the 2 MiB L2 of the CPUs with AMX).
+  if (amx) plan.q_chunk = std::min(4 * plan.q_chunk, std::max<Index>(seqs.max_q_len(), 1));
+  plan.row_tile = amx ? tile::kAmxPassRows : tile.mr;
+  plan.group_rows = (plan.q_chunk * plan.group + plan.row_tile - 1) / plan.row_tile * plan.row_tile;
   plan.groups_per_item = plan.stream_keys ? std::max<Index>(plan.kv_groups, 1) : 1;
   plan.item_groups = plan.kv_groups / plan.groups_per_item;
-  plan.kv_block = plan.stream_keys ? kStreamBlockKeys : kv_block_keys(shape.head_dim, shape.v_dim, tile.cols());
+  plan.kv_block = plan.stream_keys ? kStreamBlockKeys
+                                   : kv_block_keys(shape.head_dim, shape.v_dim, amx ? tile::kAmxKeyStep : tile.cols());
   plan.rows = plan.groups_per_item * plan.group_rows;
-  plan.score_products = plan.stream_keys ? ScoreProducts::f32 : products;
   plan.chunks = (seqs.max_q_len() + plan.q_chunk - 1) / plan.q_chunk;
   const Index max_kv = seqs.max_kv_len();
   const bool decode = seqs.max_q_len() * plan.group <= kSplitMaxRows && max_kv >= 2 * kSplitKeys;
@@ -122,32 +134,38 @@ inline DensePlan make_dense_plan(const AttentionShape& shape, const SequenceLayo
 // One thread's scratch. carve() is the only description of its layout: the plan sizes it by
 // carving from a measuring arena, the kernel by carving the thread's slot.
 struct DenseScratch {
-  float* packed_k = nullptr;                // (ceil(kv_block / cols), head_dim, cols); none when in place
-  float* packed_v = nullptr;                // (ceil(v_dim / cols), kv_block, cols); none when in place
+  float* packed_k = nullptr;                // (ceil(kv_block / cols), head_dim, cols); float products, packed
+  float* packed_v = nullptr;                // (ceil(v_dim / cols), kv_block, cols); packed, but not AMX
   float* dequant_k = nullptr;               // (kv_block, head_dim) when plan.dequantize
   float* dequant_v = nullptr;               // (kv_block, v_dim) when plan.dequantize
-  float* scores = nullptr;                  // (mr, score_stride)
-  float* q_rows = nullptr;                  // (rows, head_dim), scaled; none with bf16 pairs
-  std::uint32_t* packed_k_pairs = nullptr;  // (ceil(kv_block / cols), pairs, cols) with bf16 pairs
-  std::uint32_t* q_pairs = nullptr;         // (rows, pairs) with bf16 pairs
+  float* scores = nullptr;                  // (row_tile, score_stride)
+  float* q_rows = nullptr;                  // (rows, head_dim), scaled; float products only
+  std::uint32_t* packed_k_pairs = nullptr;  // (ceil(kv_block / c), pair_words, c) bfloat16 pairs, c:
+                                            // cols, AMX's 16
+  std::uint32_t* q_pairs = nullptr;         // (rows, pair_words) bfloat16 pairs
+  std::uint32_t* packed_v_pairs = nullptr;  // AMX: (ceil(v_dim / 16), ceil(kv_block / 32) * 16, 16)
+  std::uint32_t* p_pairs = nullptr;         // AMX: (32, score_stride / 2) probabilities
   float* acc = nullptr;                     // (rows, acc_cols)
   tile::SoftmaxRow* states = nullptr;       // (rows)
 
   static DenseScratch carve(Arena& arena, const DensePlan& plan, const AttentionShape& shape) {
     const Index packed_keys = plan.stream_keys ? 0 : plan.kv_block;
     const Index cols = plan.tile.cols();
-    const bool pairs = plan.score_products == ScoreProducts::bf16_pairs;
+    const bool pairs = plan.pair_words > 0, amx = plan.products == DenseProducts::amx_bf16;
     DenseScratch s;
     s.packed_k = arena.take<float>(tile::packed_key_floats(pairs ? 0 : packed_keys, shape.head_dim, cols));
     s.packed_k_pairs =
-        arena.take<std::uint32_t>(tile::packed_key_pair_words(pairs ? packed_keys : 0, shape.head_dim, cols));
-    s.packed_v = arena.take<float>(tile::packed_value_floats(packed_keys, shape.v_dim, cols));
+        arena.take<std::uint32_t>(amx ? tile::amx_key_words(packed_keys, plan.pair_words)
+                                      : tile::packed_key_pair_words(pairs ? packed_keys : 0, plan.pair_words, cols));
+    s.packed_v = arena.take<float>(tile::packed_value_floats(amx ? 0 : packed_keys, shape.v_dim, cols));
+    s.packed_v_pairs = arena.take<std::uint32_t>(amx ? tile::amx_value_words(packed_keys, shape.v_dim) : 0);
+    s.p_pairs = arena.take<std::uint32_t>(amx ? tile::kAmxPassRows * plan.score_stride / 2 : 0);
     const Index dequant_keys = plan.dequantize ? plan.kv_block : 0;
     s.dequant_k = arena.take<float>(dequant_keys * shape.head_dim);
     s.dequant_v = arena.take<float>(dequant_keys * shape.v_dim);
-    s.scores = arena.take<float>(plan.tile.mr * plan.score_stride);
+    s.scores = arena.take<float>(plan.row_tile * plan.score_stride);
     s.q_rows = arena.take<float>(pairs ? 0 : plan.rows * shape.head_dim);
-    s.q_pairs = arena.take<std::uint32_t>(pairs ? plan.rows * tile::pair_words(shape.head_dim) : 0);
+    s.q_pairs = arena.take<std::uint32_t>(plan.rows * plan.pair_words);
     s.acc = arena.take<float>(plan.rows * plan.acc_cols);
     s.states = arena.take<tile::SoftmaxRow>(plan.rows);
     return s;
@@ -158,9 +176,14 @@ struct DenseScratch {
 // plan whose tile, stream_keys, kv_block, rows and item split are set.
 inline void set_plan_layout(DensePlan& plan, const AttentionShape& shape) {
   const TileGeometry& tile = plan.tile;
-  plan.key_pad = plan.stream_keys ? tile.width : tile.cols();
+  const bool amx = plan.products == DenseProducts::amx_bf16;
+  plan.key_pad = plan.stream_keys ? tile.width : amx ? tile::kAmxKeyStep : tile.cols();
   plan.score_stride = (plan.kv_block + plan.key_pad - 1) / plan.key_pad * plan.key_pad;
-  plan.acc_cols = tile.pad_cols(shape.v_dim);
+  const Index value_strip = amx ? std::lcm<Index>(tile.cols(), tile::kAmxWords) : tile.cols();
+  plan.acc_cols = (shape.v_dim + value_strip - 1) / value_strip * value_strip;
+  plan.pair_words = amx                                          ? tile::amx_pair_words(shape.head_dim)
+                    : plan.products == DenseProducts::bf16_pairs ? tile::pair_words(shape.head_dim)
+                                                                 : 0;
   plan.scratch_bytes = scratch_bytes_of<DenseScratch>(plan, shape);
 }
 
@@ -196,6 +219,7 @@ class DenseKernel {
   using Tile = RegisterTile<V>;
   static constexpr bool kQuantized = std::is_same_v<KV, std::int8_t>;
   using Rows = std::conditional_t<kQuantized, float, KV>;  // what the tile code reads K / V rows as
+  static constexpr Index kMaxTileRows = std::max<Index>(Tile::mr, tile::kAmxPassRows);
 
  public:
   DenseKernel(const ErasedView<const void, 4>& q, const View<const KV, 4>& k, const View<const KV, 4>& v,
@@ -216,11 +240,13 @@ class DenseKernel {
         blocks_(blocks),
         k_scales_(k_scales),
         v_scales_(v_scales),
+        amx_(plan.products == DenseProducts::amx_bf16 && tile::kAmxVector<V> && tile::amx_tiles_usable()),
         arena_(workspace, dense_workspace_bytes(plan, slots)) {
     ATTNKIT_CHECK(plan.dequantize == kQuantized,
                   "dense kernel: plan and kernel disagree on int8 K / V (internal error)");
-    ATTNKIT_CHECK(!pairs() || (std::is_same_v<KV, bfloat16> && q.storage == Storage::bf16),
-                  "dense kernel: bfloat16 pairs need bfloat16 Q and K (internal error)");
+    ATTNKIT_CHECK(plan.products == DenseProducts::f32 || (std::is_same_v<KV, bfloat16> && q.storage == Storage::bf16),
+                  "dense kernel: bfloat16 products need bfloat16 Q, K and V (internal error)");
+    ATTNKIT_CHECK(plan.row_tile <= kMaxTileRows, "dense kernel: ", plan.row_tile, "-row tiles (internal error)");
     ATTNKIT_CHECK(plan.tile == Tile::geometry, "dense kernel: plan made for a ", plan.tile.mr, " x ", plan.tile.cols(),
                   " tile, kernel runs ", Tile::mr, " x ", Tile::cols, " (internal error)");
     workspace_ = DenseWorkspace::carve(arena_, plan, slots);
@@ -252,14 +278,14 @@ class DenseKernel {
     }
     // Query rows copied contiguous and pre-scaled (bfloat16 pairs: as they are); padding rows are
     // zero, so their scores are 0 and serve as probabilities 0.
-    const Index pairs_per_row = tile::pair_words(shape_.head_dim);
+    const Index pair_words = plan_.pair_words;
     for (Index row = 0; row < plan_.rows; ++row) {
       float* dst = pairs() ? nullptr : scratch.q_rows + row * shape_.head_dim;
-      std::uint32_t* dst_pairs = pairs() ? scratch.q_pairs + row * pairs_per_row : nullptr;
+      std::uint32_t* dst_pairs = pairs() ? scratch.q_pairs + row * pair_words : nullptr;
       const Index r = row % plan_.group_rows;
       if (r >= group_rows) {
         if (pairs())
-          std::fill(dst_pairs, dst_pairs + pairs_per_row, 0u);
+          std::fill(dst_pairs, dst_pairs + pair_words, 0u);
         else
           std::fill(dst, dst + shape_.head_dim, 0.0f);
         continue;
@@ -268,11 +294,12 @@ class DenseKernel {
       const void* src =
           element(q_, seq.batch, seq.q_begin + first_pos + r / plan_.group, shape_.heads.q_head(out_head));
       if (pairs())
-        tile::pack_query_pairs(static_cast<const bfloat16*>(src), shape_.head_dim, dst_pairs);
+        tile::pack_query_pairs(static_cast<const bfloat16*>(src), shape_.head_dim, pair_words, dst_pairs);
       else
         detail::load_row_scaled(src, q_.storage, shape_.head_dim, scale_, dst);
     }
     const float score_scale = pairs() ? scale_ : 1.0f;  // what the softmax multiplies scores by
+    const auto amx_session = amx_.begin();              // this thread's tiles, if native
     std::fill(acc, acc + plan_.rows * ldo, 0.0f);
     std::fill(states, states + plan_.rows, tile::SoftmaxRow{});
 
@@ -313,20 +340,17 @@ class DenseKernel {
               ldv = v_.stride(1);
             }
             int values_finite = -1;  // the block's values are all finite (1), not (0), not looked at (-1)
-            if (!plan_.stream_keys) {
-              pack_keys(k_block, ldk, keys, scratch);
-              tile::pack_value_strips<Tile::cols>(v_block, ldv, keys, shape_.v_dim, scratch.packed_v);
-            }
-            for (Index t = 0; t < group_rows; t += Tile::mr) {
+            if (!plan_.stream_keys) pack_block(k_block, ldk, v_block, ldv, keys, scratch);
+            for (Index t = 0; t < group_rows; t += plan_.row_tile) {
               const Index row0 = g * plan_.group_rows + t;  // first row of the tile in the item
-              const Index tile_rows = std::min<Index>(Tile::mr, group_rows - t);
-              const float* q_tile[Tile::mr];
-              const std::uint32_t* q_pair_tile[Tile::mr];
-              tile::KeyRange ranges[Tile::mr];
+              const Index tile_rows = std::min<Index>(plan_.row_tile, group_rows - t);
+              const float* q_tile[kMaxTileRows];
+              const std::uint32_t* q_pair_tile[kMaxTileRows];
+              tile::KeyRange ranges[kMaxTileRows];
               Index tile_end = block;  // the tile's rows see keys before tile_end only
-              for (int r = 0; r < Tile::mr; ++r) {
+              for (Index r = 0; r < plan_.row_tile; ++r) {
                 q_tile[r] = pairs() ? nullptr : scratch.q_rows + (row0 + r) * shape_.head_dim;
-                q_pair_tile[r] = pairs() ? scratch.q_pairs + (row0 + r) * pairs_per_row : nullptr;
+                q_pair_tile[r] = pairs() ? scratch.q_pairs + (row0 + r) * pair_words : nullptr;
                 if (r >= tile_rows) continue;
                 const Index pos = first_pos + (t + r) / plan_.group;
                 const tile::KeyRange seen = mask_.visible(pos, seq.q_len, seq.kv_len);
@@ -346,9 +370,12 @@ class DenseKernel {
                 tile::with_tile_rows<Tile::mr>(tile_rows, [&](auto rows) {
                   tile::score_rows_in_place<V, rows()>(q_tile, k_block, ldk, tile_keys, shape_.head_dim, scores, lds);
                 });
+              else if (amx())
+                amx_.scores(q_pair_tile[0], pair_words, scratch.packed_k_pairs, pair_words,
+                            padded_keys / tile::kAmxWords, scores, lds);
               else if (pairs())
-                tile::score_block<V, tile::Bf16PairDot<V>>(q_pair_tile, scratch.packed_k_pairs, pairs_per_row,
-                                                           padded_keys, scores, lds);
+                tile::score_block<V, tile::Bf16PairDot<V>>(q_pair_tile, scratch.packed_k_pairs, pair_words, padded_keys,
+                                                           scores, lds);
               else
                 tile::score_block<V>(q_tile, scratch.packed_k, shape_.head_dim, padded_keys, scores, lds);
               for (Index r = 0; r < tile_rows; ++r) {
@@ -370,7 +397,12 @@ class DenseKernel {
                   tile::accumulate_pv<V, rows()>(scores, lds, v_block, ldv, tile_keys, shape_.v_dim, acc + row0 * ldo,
                                                  ldo);
                 });
-              else
+              else if (amx()) {
+                tile::pack_amx_probs<V>(scores, lds, tile_rows, padded_keys, scratch.p_pairs);
+                amx_.accumulate(scratch.p_pairs, padded_keys / 2, scratch.packed_v_pairs,
+                                tile::amx_value_strip_words(keys), padded_keys / tile::kAmxKeyStep,
+                                (shape_.v_dim + tile::kAmxWords - 1) / tile::kAmxWords, acc + row0 * ldo, ldo);
+              } else
                 tile::accumulate_pv_packed<V>(scores, lds, scratch.packed_v, keys * Tile::cols, tile_keys,
                                               ldo / Tile::cols, acc + row0 * ldo, ldo);
             }
@@ -417,13 +449,22 @@ class DenseKernel {
   }
 
  private:
-  bool pairs() const { return plan_.score_products == ScoreProducts::bf16_pairs; }
+  bool pairs() const { return plan_.pair_words > 0; }  // Q and K as bfloat16 pairs (either path)
+  bool amx() const { return plan_.products == DenseProducts::amx_bf16; }
 
-  // A K block in the layout the plan's score products read: float panels or bfloat16 pair panels.
-  void pack_keys(const Rows* k, Index ldk, Index keys, const DenseScratch& scratch) const {
-    if constexpr (std::is_same_v<KV, bfloat16>)
-      if (pairs()) return tile::pack_key_pairs<Tile::cols>(k, ldk, keys, shape_.head_dim, scratch.packed_k_pairs);
-    tile::pack_key_panels<Tile::cols>(k, ldk, keys, shape_.head_dim, scratch.packed_k);
+  // A K and V block in the layouts the plan's products read: float panels and strips, bfloat16
+  // pair panels and float strips, or AMX's pair panels and pair strips.
+  void pack_block(const Rows* k, Index ldk, const Rows* v, Index ldv, Index keys, const DenseScratch& scratch) const {
+    if constexpr (std::is_same_v<KV, bfloat16>) {
+      if (amx()) {
+        tile::pack_amx_keys(k, ldk, keys, shape_.head_dim, plan_.pair_words, scratch.packed_k_pairs);
+        return tile::pack_amx_values(v, ldv, keys, shape_.v_dim, scratch.packed_v_pairs);
+      }
+      if (pairs())
+        tile::pack_key_pairs<Tile::cols>(k, ldk, keys, shape_.head_dim, plan_.pair_words, scratch.packed_k_pairs);
+    }
+    if (!pairs()) tile::pack_key_panels<Tile::cols>(k, ldk, keys, shape_.head_dim, scratch.packed_k);
+    tile::pack_value_strips<Tile::cols>(v, ldv, keys, shape_.v_dim, scratch.packed_v);
   }
 
   // Calls f(item row, output row, log-sum-exp slot or null) for every real row of an item.
@@ -470,6 +511,7 @@ class DenseKernel {
   Mask mask_;
   Blocks blocks_;
   View<const float, 3> k_scales_, v_scales_;  // int8 K / V only
+  tile::AmxBf16<V> amx_;                      // the AMX products, native or emulated
   Arena arena_;  // the whole workspace; its guards (sanitize builds) are checked when the kernel ends
   DenseWorkspace workspace_;
 };

@@ -1,7 +1,8 @@
 // The dense kernel behind any backend, dispatched ISA variants included (backend/dispatch.hpp):
 //   dense_geometry(backend)   the register tile a plan for this backend must use
 //   dense_backend_name(b)     the backend part of name(): the variant that runs
-//   dense_score_products(b, ...)  float or bfloat16-pair products (where the variant has vdpbf16ps)
+//   dense_products(b, ...)    the products a plan asks for: float, bfloat16 pairs or AMX tiles,
+//                             each only where the variant that runs and the CPU have them
 //   run_dense(backend, ...)   a static backend runs its own vector type here; a dispatched one
 //                             calls the variant compiled into libattnkit_kernels_<isa>.
 // Compiled variants export one table of entry points each (DenseVariants), one per mask policy.
@@ -24,6 +25,7 @@ struct DenseVariants {
   void (*causal)(int threads, const DenseLaunch&, const tile::CausalMask&);
   void (*window)(int threads, const DenseLaunch&, const tile::WindowMask&);
   bool native_bf16_pairs;  // built with AVX512-BF16: bfloat16 pairs run vdpbf16ps
+  bool native_amx_bf16;    // an AVX-512 variant: AMX tiles run tdpbf16ps where the CPU has it
 
   void run(int threads, const DenseLaunch& call, const tile::NoMask& mask) const { no_mask(threads, call, mask); }
   void run(int threads, const DenseLaunch& call, const tile::CausalMask& mask) const { causal(threads, call, mask); }
@@ -78,20 +80,27 @@ std::string dense_backend_name(const Backend& backend) {
   }
 }
 
-// The products of a plan for this backend: bfloat16 pairs for bfloat16 Q and K where the kernels
-// that run have vdpbf16ps and the CPU has AVX512-BF16 (never an emulation), float otherwise.
+// The products of a plan for this backend, for bfloat16 Q and K, given the fastest wanted: AMX
+// tiles where the kernels that run are AVX-512 ones and the CPU has AMX-BF16; else bfloat16 pairs
+// where those kernels have vdpbf16ps and the CPU has AVX512-BF16; else float (never an
+// emulation: those run only at the kernel layer, in tests).
 template <class Backend>
-ScoreProducts dense_score_products(const Backend& backend, Storage q, Storage kv) {
-  if (q != Storage::bf16 || kv != Storage::bf16 || !cpu_features().avx512bf16) return ScoreProducts::f32;
-  bool native = false;
+DenseProducts dense_products(const Backend& backend, Storage q, Storage kv, DenseProducts wanted) {
+  if (q != Storage::bf16 || kv != Storage::bf16) return DenseProducts::f32;
+  bool native_pairs = false, native_amx = false;
   if constexpr (is_dispatched<Backend>) {
 #if ATTNKIT_DISPATCH
-    native = dense_variants(dispatch_of(backend).resolved_isa()).native_bf16_pairs;
+    const DenseVariants& variant = dense_variants(dispatch_of(backend).resolved_isa());
+    native_pairs = variant.native_bf16_pairs;
+    native_amx = variant.native_amx_bf16;
 #endif
   } else {
-    native = tile::kNativeBf16Pairs<vector_t<Backend>>;
+    native_pairs = tile::kNativeBf16Pairs<vector_t<Backend>>;
+    native_amx = tile::kAmxVector<vector_t<Backend>> && ATTNKIT_AMX_ASM;
   }
-  return native ? ScoreProducts::bf16_pairs : ScoreProducts::f32;
+  if (wanted == DenseProducts::amx_bf16 && native_amx && tile::amx_tiles_usable()) return DenseProducts::amx_bf16;
+  if (wanted != DenseProducts::f32 && native_pairs && cpu_features().avx512bf16) return DenseProducts::bf16_pairs;
+  return DenseProducts::f32;
 }
 
 template <class Backend, class Mask>

@@ -133,6 +133,7 @@ inline DensePlan make_block_sparse_plan(const AttentionShape& shape, const Seque
   plan.item_groups = plan.kv_groups;
   plan.kv_block = tile.pad_cols(block);
   plan.q_chunk = block;
+  plan.row_tile = tile.mr;
   plan.group_rows = tile.pad_rows(std::min(block, std::max<Index>(seqs.max_q_len(), 1)));
   plan.rows = plan.group_rows;
   plan.chunks = (seqs.max_q_len() + block - 1) / block;

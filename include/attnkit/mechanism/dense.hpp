@@ -50,11 +50,16 @@ struct Dense {
     Index left = -1;
     Index right = -1;
   };
-  // How Q · Kᵀ is formed for bfloat16 Q and K: converted to float (the query scaled first, as
-  // for every type), or as bfloat16 pairs with AVX512-BF16's vdpbf16ps (exact products, the
-  // scale applied to the score) where the CPU and the kernels that run have it, else converted.
-  // Pairs are opt-in: on the one AVX512-BF16 host measured they were slower (README, Benchmarks).
-  enum class Bf16Products { convert, pairs };
+  // How the products are formed for bfloat16 Q, K and V (prefill; decode always converts):
+  //   convert    to float (the query scaled first, as for every type);
+  //   pairs      Q · Kᵀ as bfloat16 pairs with AVX512-BF16's vdpbf16ps (exact products, the scale
+  //              applied to the score) where the CPU and the kernels that run have it, else convert;
+  //   amx_tiles  Q · Kᵀ and P · V on AMX-BF16 tiles (exact products; P rounded to bfloat16, whose
+  //              error the README bounds) where the CPU has AMX and the kernels that run are
+  //              AVX-512 ones, else as pairs.
+  // Both are opt-in: pairs were slower on the one AVX512-BF16 host measured, and amx_tiles round P
+  // (README, Benchmarks).
+  enum class Bf16Products { convert, pairs, amx_tiles };
   struct Options {
     bool causal = false;           // bottom-right aligned when q_len != kv_len
     std::optional<float> scale{};  // default 1 / sqrt(head_dim); must be finite and > 0
@@ -279,9 +284,16 @@ class Attention<Dense, Backend> {
     return cost;
   }
 
-  detail::ScoreProducts products_of(Storage q, Storage kv) const {
-    if (options_.bf16_products == Dense::Bf16Products::convert) return detail::ScoreProducts::f32;
-    return detail::dense_score_products(backend_, q, kv);
+  detail::DenseProducts products_of(Storage q, Storage kv) const {
+    switch (options_.bf16_products) {
+      case Dense::Bf16Products::convert:
+        break;
+      case Dense::Bf16Products::pairs:
+        return detail::dense_products(backend_, q, kv, detail::DenseProducts::bf16_pairs);
+      case Dense::Bf16Products::amx_tiles:
+        return detail::dense_products(backend_, q, kv, detail::DenseProducts::amx_bf16);
+    }
+    return detail::DenseProducts::f32;
   }
 
   std::size_t workspace_of(const detail::DensePlan& plan) const {

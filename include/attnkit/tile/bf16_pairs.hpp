@@ -3,9 +3,10 @@
 // two products of a pair to a float lane. Products of two bfloat16 are exact in float, so the
 // scores are those of float math on the stored values; the query is not scaled (a rounded
 // scale · q would not be a bfloat16): the softmax applies the scale to the score.
-//   pack_key_pairs:     a block of key rows -> panels of (pairs, cols) words, keys past the
-//                       block and the high half of an odd head_dim's last pair zero.
-//   pack_query_pairs:   a query row -> (pairs) words.
+//   pack_key_pairs:     a block of key rows -> panels of (words, cols) words, keys past the
+//                       block, the high half of an odd head_dim's last pair and words past
+//                       pair_words(head_dim) (padding for AMX's tiles, tile/amx_bf16.hpp) zero.
+//   pack_query_pairs:   a query row -> (words) words, the same way.
 //   Bf16PairDot<V>:     acc + the pair products of a broadcast query word and `width` key words:
 //                       vdpbf16ps where V is an AVX-512 batch and the build has AVX512-BF16,
 //                       else an emulation with the same rounding (one fused multiply-add per
@@ -34,38 +35,45 @@ namespace attnkit::tile {
 // Words of one row of head_dim bfloat16 elements.
 constexpr Index pair_words(Index head_dim) { return (head_dim + 1) / 2; }
 
-// Words a packed block of `keys` keys occupies.
-constexpr Index packed_key_pair_words(Index keys, Index head_dim, Index cols) {
-  return (keys + cols - 1) / cols * cols * pair_words(head_dim);
+// Words a packed block of `keys` keys occupies, `words` per key.
+constexpr Index packed_key_pair_words(Index keys, Index words, Index cols) {
+  return (keys + cols - 1) / cols * cols * words;
 }
 
-// Word p of a row: elements 2p (low) and 2p + 1 (high, 0 past head_dim).
+// Word p of a row: elements 2p (low) and 2p + 1 (high), 0 past head_dim.
 inline std::uint32_t pair_word(const bfloat16* row, Index p, Index head_dim) {
+  if (2 * p >= head_dim) return 0u;
   const std::uint32_t low = row[2 * p].bits;
   const std::uint32_t high = 2 * p + 1 < head_dim ? row[2 * p + 1].bits : 0u;
   return low | high << 16;
 }
 
-// packed: (ceil(keys / cols), pairs, cols) words from k: rows j at k + j * row_stride, (head_dim).
+// packed: (ceil(keys / cols), words, cols) from k: rows j at k + j * row_stride, (head_dim);
+// words >= pair_words(head_dim).
 template <int Cols>
-inline void pack_key_pairs(const bfloat16* k, Index row_stride, Index keys, Index head_dim, std::uint32_t* packed) {
-  const Index pairs = pair_words(head_dim);
+inline void pack_key_pairs(const bfloat16* k, Index row_stride, Index keys, Index head_dim, Index words,
+                           std::uint32_t* packed) {
   for (Index j0 = 0; j0 < keys; j0 += Cols) {
-    std::uint32_t* panel = packed + j0 * pairs;  // (pairs, Cols)
+    std::uint32_t* panel = packed + j0 * words;  // (words, Cols)
     const Index n = std::min<Index>(Cols, keys - j0);
     prefetch_rows(k + (j0 + Cols) * row_stride, row_stride, std::min<Index>(Cols, keys - j0 - Cols), head_dim);
+    const Index pairs = pair_words(head_dim);
     for (Index c = 0; c < n; ++c) {
       const bfloat16* row = k + (j0 + c) * row_stride;
-      for (Index p = 0; p < pairs; ++p) panel[p * Cols + c] = pair_word(row, p, head_dim);
+      if (head_dim % 2 == 0)  // a word is two elements as they lie in memory
+        for (Index p = 0; p < pairs; ++p) std::memcpy(panel + p * Cols + c, row + 2 * p, sizeof(std::uint32_t));
+      else
+        for (Index p = 0; p < pairs; ++p) panel[p * Cols + c] = pair_word(row, p, head_dim);
+      for (Index p = pairs; p < words; ++p) panel[p * Cols + c] = 0u;
     }
     for (Index c = n; c < Cols; ++c)
-      for (Index p = 0; p < pairs; ++p) panel[p * Cols + c] = 0u;
+      for (Index p = 0; p < words; ++p) panel[p * Cols + c] = 0u;
   }
 }
 
-// dst (pairs) from a query row of head_dim bfloat16 elements.
-inline void pack_query_pairs(const bfloat16* q, Index head_dim, std::uint32_t* dst) {
-  for (Index p = 0; p < pair_words(head_dim); ++p) dst[p] = pair_word(q, p, head_dim);
+// dst (words) from a query row of head_dim bfloat16 elements; words >= pair_words(head_dim).
+inline void pack_query_pairs(const bfloat16* q, Index head_dim, Index words, std::uint32_t* dst) {
+  for (Index p = 0; p < words; ++p) dst[p] = pair_word(q, p, head_dim);
 }
 
 // True where Bf16PairDot<V> runs vdpbf16ps.
