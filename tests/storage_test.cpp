@@ -476,6 +476,52 @@ TEST_CASE("dense bfloat16 pairs: vdpbf16ps equals its emulation bit for bit", "[
 #endif
 }
 
+// Inf and NaN in K and V through the bfloat16 products: the float formula's non-finite outputs
+// (README, Conventions), finite elsewhere within the path's bound. The MQA case puts one query
+// position in each 32-row AMX pass, whose rows all stop before the block's last key: masked keys
+// past the visible ones must not bring their Inf into P . V as 0 x Inf.
+TEMPLATE_LIST_TEST_CASE("dense bfloat16 products with Inf and NaN in K and V give the float formula's results",
+                        "[storage][dense][amx][bf16pairs][nonfinite]", StaticBackends) {
+  for (const auto products : {ak::detail::DenseProducts::bf16_pairs, ak::detail::DenseProducts::amx_bf16})
+    for (const StorageCase& c :
+         {StorageCase{1, 70, 70, 32, 1, 16, 0, true}, StorageCase{1, 100, 100, 2, 2, 64, 0, true},
+          StorageCase{1, 50, 90, 4, 1, 24, 40, false}}) {
+      INFO("products " << static_cast<int>(products) << " q_heads " << c.q_heads << " causal " << c.causal);
+      const Index v_dim = c.v_dim > 0 ? c.v_dim : c.head_dim;
+      Tensor4 q(c.batch, c.q_len, c.q_heads, c.head_dim, c.layout),
+          k(c.batch, c.kv_len, c.kv_heads, c.head_dim, c.layout), v(c.batch, c.kv_len, c.kv_heads, v_dim, c.layout);
+      q.fill_uniform(c.seed, -2.0f, 2.0f);
+      k.fill_uniform(c.seed + 1, -2.0f, 2.0f);
+      v.fill_uniform(c.seed + 2);
+      const float inf = std::numeric_limits<float>::infinity();
+      v.view(0, 45, 0, 3) = inf;
+      v.view(0, 47, 0, 4) = -inf;
+      v.view(0, 21, 0, 1) = std::nanf("");
+      k.view(0, 60, 0, 0) = std::nanf("");
+      const Stored<ak::bfloat16> sq(q), sk(k), sv(v);
+      Tensor4 out(c.batch, c.q_len, c.q_heads, v_dim, c.layout);
+      REQUIRE(run_dense_products<TestType>(c, sq, sk, sv, products, out.view) == products);
+      const ak::test::ReferenceOutputs reference({c.batch, c.q_len, c.q_heads, v_dim});
+      const ak::reference::DenseOptions ref{.causal = c.causal};
+      ak::reference::dense<double>(sq.view, sk.view, sv.view, reference.exact, ak::View<double, 3>{}, ref, {});
+      ak::reference::dense<float>(sq.view, sk.view, sv.view, reference.naive, ak::View<float, 3>{}, ref, {});
+      Index non_finite = 0, wrong = 0;
+      for (Index i = 0; i < c.q_len; ++i)
+        for (Index h = 0; h < c.q_heads; ++h)
+          for (Index d = 0; d < v_dim; ++d) {
+            const float got = out.view(0, i, h, d), naive = reference.naive(0, i, h, d);
+            if (std::isfinite(naive)) {
+              wrong += std::abs(double(got) - reference.exact(0, i, h, d)) > 0.02 || !std::isfinite(got);
+            } else {
+              ++non_finite;
+              wrong += std::isnan(naive) ? !std::isnan(got) : got != naive;
+            }
+          }
+      CHECK(non_finite > 0);
+      CHECK(wrong == 0);
+    }
+}
+
 // AMX tiles at the tile layer: the products of the packed layouts (tile/amx_bf16.hpp) against
 // double dot products of the unpacked values, natively where the CPU has AMX and emulated on every
 // host (AVX-512, AVX2, SSE2 and scalar vector types), for head_dim and v_dim that fill whole tiles

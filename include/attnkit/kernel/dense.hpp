@@ -386,9 +386,12 @@ class DenseKernel {
                 if (rescale != 1.0f) tile::scale_row<V>(acc + (row0 + r) * ldo, ldo, rescale);
               }
               // A row must not see the values of keys it does not see: with an inf or NaN among
-              // them, each row of a ragged tile takes only its own keys.
-              if (ragged && values_finite < 0) values_finite = tile::finite_rows<V>(v_block, ldv, keys, shape_.v_dim);
-              if (ragged && values_finite == 0)
+              // them, each row takes only its own keys where the products would read others' (a
+              // ragged tile; on AMX also the keys past tile_end of the last 32-key step).
+              const bool reads_unseen = ragged || (amx() && tile_end < block + std::min(padded_keys, keys));
+              if (reads_unseen && values_finite < 0)
+                values_finite = tile::finite_rows<V>(v_block, ldv, keys, shape_.v_dim);
+              if (reads_unseen && values_finite == 0)
                 for (Index r = 0; r < tile_rows; ++r)
                   tile::accumulate_pv_range<V>(scores + r * lds, v_block, ldv, ranges[r].begin - block,
                                                ranges[r].end - block, shape_.v_dim, acc + (row0 + r) * ldo);
